@@ -1,0 +1,119 @@
+"""CR-Net: the coarse module, optionally followed by the refinement module.
+
+Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
+IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.3-2.6, Figs. 1-3, Table 7).
+
+    from crlearn.model import CRNet, CRNetConfig
+    net = CRNet(CRNetConfig.quick())           # tiny, trains on a CPU
+    out = net(torch.randn(2, 1, 128, 128))     # CRNetOutput(coarse, final), logits
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from .coarse import CoarseModule
+from .encoder import scaled_widths
+from .refine import RefineModule
+
+# Table 7 ablation rows built by this module (the "+ hybrid loss" row is a training switch).
+VARIANTS = {
+    "unet": "U-Net (SE-ResNet34)",  # coarse module without ASPP
+    "unet_aspp": "+ ASPP",  # coarse module with the ASPP bridge
+    "crnet": "+ refine",  # coarse module with ASPP, then the refinement module
+}
+
+
+@dataclass
+class CRNetConfig:
+    """Hyper-parameters of CR-Net; the defaults are the paper's full model."""
+
+    in_channels: int = 1  # image channels (1 for CT)
+    num_classes: int = 1  # logit channels, one per lesion class (1: lesion vs background)
+    width: float = 1.0  # channel multiplier of the SE-ResNet-34 encoder and its decoder
+    variant: str = "crnet"  # "unet", "unet_aspp" or "crnet": a row of Table 7, see VARIANTS
+    aspp_channels: int = 64  # filters per ASPP branch in the coarse module's bridge
+    refine_channels: int = 64  # filters of every conv in the refinement module
+    reduction: int = 16  # SE bottleneck ratio in the encoder
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        for name in ("in_channels", "num_classes", "aspp_channels", "refine_channels", "reduction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        scaled_widths(self.width)  # raises ValueError unless width > 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "CRNetConfig":
+        """A tiny CR-Net (~1.7 M parameters) that trains in minutes on a CPU at 128 px."""
+        return cls(**{"width": 0.25, "aspp_channels": 16, "refine_channels": 16, **overrides})
+
+    @classmethod
+    def full(cls, **overrides: Any) -> "CRNetConfig":
+        """The paper's CR-Net (~27 M parameters)."""
+        return cls(**overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CRNetConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown CRNetConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class CRNetOutput(NamedTuple):
+    coarse: Tensor  # (B, num_classes, H, W) logits of the coarse module
+    final: Tensor  # (B, num_classes, H, W) refined logits; `final is coarse` without refinement
+
+
+class CRNet(nn.Module):
+    """Coarse-refine segmentation network (Huang et al. 2022, Fig. 1).
+
+    Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
+    IET Image Processing 2022, doi:10.1049/ipr2.12278.
+    The coarse module (SE-ResNet-34 U-Net, §2.4, with an ASPP bridge, §2.5) predicts
+    logits; the refinement module (§2.6, Fig. 3, after BASNet's RRM) reads them and
+    predicts a residual, and ``final = coarse + residual``. Both logit maps are
+    returned so that the training loss can supervise each (deep supervision).
+
+    Args:
+        config: a ``CRNetConfig``; ``config.variant`` picks the Table 7 row.
+    """
+
+    def __init__(self, config: CRNetConfig):
+        super().__init__()
+        self.config = config
+        self.coarse = CoarseModule(config.in_channels, config.num_classes, config.width,
+                                   use_aspp=config.variant != "unet",
+                                   aspp_channels=config.aspp_channels, reduction=config.reduction)
+        self.refine = None
+        if config.variant == "crnet":
+            self.refine = RefineModule(config.num_classes, config.refine_channels, use_aspp=True)
+
+    def forward(self, x: Tensor) -> CRNetOutput:
+        """x: (B, in_channels, H, W), H and W divisible by 32 -> CRNetOutput of logits."""
+        self._check_input(x)
+        coarse = self.coarse(x)  # (B, K, H, W)
+        if self.refine is None:
+            return CRNetOutput(coarse, coarse)
+        return CRNetOutput(coarse, coarse + self.refine(coarse))  # (B, K, H, W)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _check_input(self, x: Tensor) -> None:
+        c = self.config.in_channels
+        if x.dim() != 4 or x.shape[1] != c or any(s < 32 or s % 32 for s in x.shape[2:]):
+            raise ValueError(
+                f"CRNet expects a (B, {c}, H, W) tensor with H and W divisible by 32 "
+                f"(the encoder down-samples 5 times), got shape {tuple(x.shape)}"
+            )
