@@ -15,6 +15,7 @@ Every problem with the input raises :class:`DataError` naming the file and what 
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,15 @@ GROUP_COLUMNS = ("pseudo_patient_group", "patient_id", "patient", "group")
 NAME_COLUMNS = ("slice_id", "name", "file")
 # The paper's x5 augmentation (§2.3): each slice as-is, rotated by 90/180/270 degrees, and flipped horizontally.
 AUGMENTATIONS: tuple[str, ...] = ("identity", "rot90", "rot180", "rot270", "hflip")
+
+
+def default_data_dir() -> Path:
+    """The bundled sample: ``$CRLEARN_DATA`` if set, else ``data_sample/`` beside the package, else ``./data_sample``."""
+    env = os.environ.get("CRLEARN_DATA")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parents[1] / "data_sample"
+    return beside if beside.is_dir() else Path("data_sample")
 
 
 class DataError(ValueError):
@@ -264,8 +274,15 @@ class SegmentationDataset(Dataset):
                 f"{rec.mask_path}: mask size {label.shape[1]}x{label.shape[0]} does not match "
                 f"image {rec.image_path.name} size {image.shape[1]}x{image.shape[0]}"
             )
-        if image.shape[0] != image.shape[1] and self.size is None:
-            raise DataError(f"{rec.image_path}: image is {image.shape[1]}x{image.shape[0]}; square slices are expected")
+        if self.size is None and self.records and rec is not self.records[0]:
+            first = self.images_shape
+            if image.shape != first:
+                raise DataError(
+                    f"{rec.image_path}: image size {image.shape[1]}x{image.shape[0]} differs from the first slice's "
+                    f"{first[1]}x{first[0]}; pass size= to resize every slice to one size"
+                )
+        else:
+            self.images_shape = image.shape
         img_t = torch.from_numpy(image)[None]  # (1, H, W)
         lab_t = torch.from_numpy(label)[None]  # (1, H, W)
         if self.size is not None and tuple(img_t.shape[-2:]) != (self.size, self.size):

@@ -1,0 +1,145 @@
+"""Figures: lesion overlays (like the paper's Fig. 6), learning curves, the ablation bar chart, a slice browser.
+
+Every function returns a matplotlib ``Figure`` (or an ipywidgets box) and prints nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+# One colour per lesion class (RGB in [0, 1]).
+CLASS_COLORS: dict[str, tuple[float, float, float]] = {
+    "ggo": (1.0, 0.84, 0.0),  # yellow
+    "consolidation": (0.9, 0.1, 0.1),  # red
+    "effusion": (0.1, 0.5, 1.0),  # blue
+    "infection": (1.0, 0.35, 0.0),  # orange
+}
+DISCLAIMER = "For teaching only: not a diagnosis."
+
+
+def class_color(name: str, k: int = 0) -> tuple[float, float, float]:
+    return CLASS_COLORS.get(name, matplotlib.colormaps["tab10"](k % 10)[:3])
+
+
+def _np(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def overlay(image: Any, mask: Any, class_names: Sequence[str], alpha: float = 0.45) -> np.ndarray:
+    """Blend a grayscale slice ``(H, W)`` or ``(1, H, W)`` with a multi-label mask ``(K, H, W)`` -> RGB ``(H, W, 3)``."""
+    img = _np(image).astype(np.float32).squeeze()
+    msk = _np(mask).astype(bool)
+    rgb = np.repeat(img[..., None], 3, axis=-1)
+    for k, name in enumerate(class_names):
+        m = msk[k]
+        rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(class_color(name, k))
+    return np.clip(rgb, 0, 1)
+
+
+def legend_handles(class_names: Sequence[str]) -> list[Patch]:
+    return [Patch(color=class_color(n, k), label=n) for k, n in enumerate(class_names)]
+
+
+def plot_overlays(
+    images: Any,
+    targets: Any | None,
+    preds: Any | None,
+    class_names: Sequence[str],
+    titles: Sequence[str] | None = None,
+    max_rows: int = 4,
+) -> Figure:
+    """Rows of slices: the image, the ground truth and the prediction (each if given), coloured per class."""
+    n = min(len(images), max_rows)
+    cols = 1 + (targets is not None) + (preds is not None)
+    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.2 * n), squeeze=False)
+    for r in range(n):
+        panels = [("image", _np(images[r]).squeeze(), None)]
+        if targets is not None:
+            panels.append(("ground truth", images[r], targets[r]))
+        if preds is not None:
+            panels.append(("prediction", images[r], preds[r]))
+        for c, (label, img, msk) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img if msk is None else overlay(img, msk, class_names), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{titles[r]}: {label}" if titles is not None and c == 0 else label, fontsize=9)
+            ax.axis("off")
+    fig.legend(handles=legend_handles(class_names), loc="lower center", ncol=len(class_names), frameon=False)
+    fig.suptitle(DISCLAIMER, fontsize=8, y=0.995)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.98))
+    return fig
+
+
+def plot_history(history: dict[str, list[float]], title: str = "") -> Figure:
+    """Training and validation loss, and validation Dice, per epoch."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = history["epoch"]
+    ax1.plot(ep, history["train_loss"], label="train")
+    ax1.plot(ep, history["val_loss"], label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot(ep, history["val_dice"], color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation Dice (pooled)")
+    ax2.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Bars of this run's Dice (mean ± std when folds were run) beside the paper's Table 7 numbers."""
+    labels = [r["label"] for r in rows]
+    x = np.arange(len(rows))
+    ours = [r["dice"] for r in rows]
+    err = [r.get("dice_std", 0.0) or 0.0 for r in rows]
+    paper = [r["paper_dice"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    ax.bar(x - 0.2, paper, 0.4, label="paper (Table 7, their data)", color="0.75")
+    ax.bar(x + 0.2, ours, 0.4, yerr=err, capsize=3, label="this run", color="tab:blue")
+    for xi, v in zip(x, ours):
+        ax.text(xi + 0.2, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("Dice (infection)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def slice_browser(dataset: Any, preds: Any | None = None):
+    """An ipywidgets browser: a slider over slices and a toggle per class (ground truth, and prediction if given)."""
+    import ipywidgets as widgets
+
+    names = list(dataset.class_names)
+    out = widgets.Output()
+    slider = widgets.IntSlider(0, 0, len(dataset.records) - 1, description="slice")
+    toggles = [widgets.Checkbox(value=True, description=n, indent=False) for n in names]
+
+    def draw(*_):
+        k = slider.value
+        image = dataset.images[k]
+        target = dataset.one_hot(dataset.labels[k]).bool()
+        keep = torch.tensor([t.value for t in toggles])
+        target = target & keep[:, None, None]
+        with out:
+            out.clear_output(wait=True)
+            p = None if preds is None else _np(preds[k]) & keep.numpy()[:, None, None]
+            fig = plot_overlays([image], [target], None if p is None else [p], names, titles=[dataset.records[k].name])
+            plt.show(fig)
+
+    slider.observe(draw, "value")
+    for t in toggles:
+        t.observe(draw, "value")
+    draw()
+    return widgets.VBox([widgets.HBox([slider, *toggles]), out])
