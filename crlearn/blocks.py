@@ -178,3 +178,50 @@ class ASPP(nn.Module):
         pooled = pooled.expand(-1, -1, h, w).contiguous(memory_format=_memory_format(x))  # (B, Cb, H, W)
         feats = [branch(x) for branch in self.branches] + [pooled]  # each (B, Cb, H, W)
         return self.project(torch.cat(feats, dim=1))  # (B, (len(rates)+2)*Cb, H, W) -> (B, C_out, H, W)
+
+
+# ----------------------------------------------------------------------------- receptive fields (notebook 02)
+
+
+def receptive_field(kernel_size: int, dilation: int = 1) -> int:
+    """Side of the square a k x k convolution at a given atrous rate covers: ``dilation * (k - 1) + 1``.
+
+    A 3x3 kernel at rate r covers ``2r + 1`` pixels (Huang et al. 2022, §2.5: rates 3, 6, 9 -> 7, 13, 19).
+    """
+    _check_positive_int("kernel_size", kernel_size)
+    _check_positive_int("dilation", dilation)
+    return dilation * (kernel_size - 1) + 1
+
+
+def effective_receptive_field(fn, x: Tensor) -> Tensor:
+    """How much each input pixel moves the centre output pixel: ``|d sum_c y[0, c, h//2, w//2] / d x|``.
+
+    Luo, Li, Urtasun, Zemel, "Understanding the Effective Receptive Field in Deep Convolutional Neural
+    Networks", NeurIPS 2016, arXiv:1701.04128. One backward pass through ``fn``; the gradient's absolute
+    value is summed over input channels.
+
+    Args:
+        fn: a module or function mapping ``(1, C, H, W)`` to ``(1, C', h, w)``. A module is run in eval mode
+            (batch norm in training mode would mix all pixels through its statistics) and its mode restored.
+        x: one input ``(1, C, H, W)``; it is not modified.
+
+    Returns:
+        ``(H, W)`` float tensor, zero outside the receptive field of the centre output pixel.
+    """
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"x must be one input of shape (1, C, H, W), got {tuple(x.shape)}")
+    was_training = fn.training if isinstance(fn, nn.Module) else None
+    if was_training:
+        fn.eval()
+    try:
+        with torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
+            y = fn(x)
+            if y.dim() != 4:
+                raise ValueError(f"fn must return a (1, C, h, w) tensor, got shape {tuple(y.shape)}")
+            h, w = y.shape[-2:]
+            (grad,) = torch.autograd.grad(y[0, :, h // 2, w // 2].sum(), x)
+    finally:
+        if was_training:
+            fn.train()
+    return grad[0].abs().sum(0)  # (H, W)
