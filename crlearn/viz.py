@@ -117,29 +117,48 @@ def plot_ablation(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     return fig
 
 
+def figure_png(fig: Figure, dpi: int = 90) -> bytes:
+    """Render a figure to PNG bytes and close it (for an ``ipywidgets.Image``)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figure_widget(draw: Any, controls: Sequence[Any]):
+    """A box of ``controls`` above an image redrawn by ``draw() -> Figure`` whenever a control changes.
+
+    The picture is an ``ipywidgets.Image`` (PNG bytes), not an ``Output`` capture, so notebooks that use it
+    execute headless (nbconvert/nbval) with ``store_widget_state=False``.
+    """
+    import ipywidgets as widgets
+
+    image = widgets.Image(format="png")
+
+    def redraw(*_: Any) -> None:
+        image.value = figure_png(draw())
+
+    for c in controls:
+        c.observe(redraw, "value")
+    redraw()
+    return widgets.VBox([widgets.HBox(list(controls)), image])
+
+
 def slice_browser(dataset: Any, preds: Any | None = None):
     """An ipywidgets browser: a slider over slices and a toggle per class (ground truth, and prediction if given)."""
     import ipywidgets as widgets
 
     names = list(dataset.class_names)
-    out = widgets.Output()
     slider = widgets.IntSlider(0, 0, len(dataset.records) - 1, description="slice")
     toggles = [widgets.Checkbox(value=True, description=n, indent=False) for n in names]
 
-    def draw(*_):
+    def draw() -> Figure:
         k = slider.value
-        image = dataset.images[k]
-        target = dataset.one_hot(dataset.labels[k]).bool()
-        keep = torch.tensor([t.value for t in toggles])
-        target = target & keep[:, None, None]
-        with out:
-            out.clear_output(wait=True)
-            p = None if preds is None else _np(preds[k]) & keep.numpy()[:, None, None]
-            fig = plot_overlays([image], [target], None if p is None else [p], names, titles=[dataset.records[k].name])
-            plt.show(fig)
+        keep = torch.tensor([t.value for t in toggles])[:, None, None]
+        target = dataset.one_hot(dataset.labels[k]).bool() & keep
+        pred = None if preds is None else [torch.as_tensor(_np(preds[k])).bool() & keep]
+        return plot_overlays([dataset.images[k]], [target], pred, names, titles=[dataset.records[k].name])
 
-    slider.observe(draw, "value")
-    for t in toggles:
-        t.observe(draw, "value")
-    draw()
-    return widgets.VBox([widgets.HBox([slider, *toggles]), out])
+    return figure_widget(draw, [slider, *toggles])

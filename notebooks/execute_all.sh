@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Re-execute every notebook in reading order, in place, to refresh its stored outputs and figures.
+# Run from anywhere: bash notebooks/execute_all.sh  [NOTEBOOK ...]
+set -euo pipefail
+cd "$(dirname "$0")"
+notebooks=("$@")
+[ ${#notebooks[@]} -gt 0 ] || notebooks=([0-9][0-9]_*.ipynb)
+for nb in "${notebooks[@]}"; do
+  start=$(date +%s)
+  jupyter nbconvert --to notebook --execute --inplace \
+    --ExecutePreprocessor.store_widget_state=False --ExecutePreprocessor.timeout=1800 "$nb"
+  echo "$nb: $(( $(date +%s) - start )) s"
+done
