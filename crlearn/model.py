@@ -11,9 +11,11 @@ IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.3-2.6, Figs. 1-3, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from .coarse import CoarseModule
@@ -39,6 +41,7 @@ class CRNetConfig:
     aspp_channels: int = 64  # filters per ASPP branch in the coarse module's bridge
     refine_channels: int = 64  # filters of every conv in the refinement module
     reduction: int = 16  # SE bottleneck ratio in the encoder
+    prior: float = 0.05  # lesion probability the untrained network predicts everywhere (output-bias init)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -48,6 +51,8 @@ class CRNetConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         scaled_widths(self.width)  # raises ValueError unless width > 0
+        if not 0.0 < self.prior < 1.0:
+            raise ValueError(f"prior must lie in (0, 1), got {self.prior!r}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> "CRNetConfig":
@@ -98,6 +103,21 @@ class CRNet(nn.Module):
         self.refine = None
         if config.variant == "crnet":
             self.refine = RefineModule(config.num_classes, config.refine_channels, use_aspp=True)
+        self._init_outputs()
+
+    @torch.no_grad()
+    def _init_outputs(self) -> None:
+        """Start training from a sensible prediction (training-speed choices; the paper does not say).
+
+        - The coarse head's bias is ``logit(prior)``: lesions are rare, and starting at p = 0.5 everywhere makes the
+          first steps spend themselves on unlearning "lesion everywhere" (Lin et al., "Focal loss for dense
+          object detection", ICCV 2017, §4.1 "Initialization").
+        - The refinement's last convolution starts at a tenth of its He scale, so that ``final`` starts close to
+          ``coarse`` and the residual grows as it learns.
+        """
+        nn.init.constant_(self.coarse.head.bias, math.log(self.config.prior / (1.0 - self.config.prior)))
+        if self.refine is not None:
+            self.refine.conv_out.weight.mul_(0.1)
 
     def forward(self, x: Tensor) -> CRNetOutput:
         """x: (B, in_channels, H, W), H and W divisible by 32 -> CRNetOutput of logits."""

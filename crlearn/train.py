@@ -89,7 +89,7 @@ PROFILES: dict[str, Profile] = {
     # Tuned on the validation split for a 2-core CPU; see README "Quick profile".
     "quick": Profile(
         "quick",
-        model=dict(width=0.25, aspp_channels=16, refine_channels=16),
+        model=dict(width=0.25, aspp_channels=16, refine_channels=8),
         train=dict(size=128, epochs=12, batch_size=8, lr=3e-3, schedule="onecycle", patience=100),
     ),
     # The paper: width 1.0, 512 px, Adam 3e-4, batch 8, up to 200 epochs, early stopping.
