@@ -61,10 +61,9 @@ class _Case:
     """One model at one input size: its optimiser, a fixed batch, FLOPs and step times."""
 
     def __init__(self, key: str, label: str, model: nn.Module, size: int, batch_size: int,
-                 device: torch.device):
-        cuda = device.type == "cuda"
-        fmt = torch.channels_last if cuda else torch.contiguous_format
-        self.key, self.label, self.amp = key, label, cuda
+                 device: torch.device, channels_last: bool):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.key, self.label, self.amp = key, label, device.type == "cuda"
         self.model = model.to(device=device, memory_format=fmt).train()
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(0)
@@ -89,12 +88,13 @@ class _Case:
 def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, steps: int = 3,
                 warmup: int = 1, device: str | torch.device | None = None,
                 variants: Sequence[str] = ("unet", "unet_aspp", "crnet"), width: float = 1.0,
-                verbose: bool = True) -> list[dict]:
+                verbose: bool = True, channels_last: bool | None = None) -> list[dict]:
     """Time one training step (forward, backward, Adam) of each model at each size.
 
     The models' steps are interleaved (model A, B, C, A, B, C, ...) and the median
     step time is reported, so that other load on the machine hits every model alike.
-    On CUDA the models and inputs are channels_last and run under bf16 autocast. FLOPs
+    On CUDA the models run under bf16 autocast; ``channels_last`` (default: on CUDA
+    only, as in training) puts models and inputs in that memory layout. FLOPs
     are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward +
     backward (convolutions and matmuls; norms, activations and the optimiser are
     uncounted), so GFLOP/s compares how well each network uses the hardware.
@@ -109,6 +109,8 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     models: dict[str, tuple[str, nn.Module]] = {}
     smp_model = _smp_unet()
     if smp_model is None:
@@ -119,12 +121,13 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     for v in variants:
         models[v] = (f"CR-Net {VARIANTS[v]}", CRNet(CRNetConfig.full(width=width, variant=v)))
     if verbose:
-        print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch size: {batch_size}")
+        print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch size: {batch_size}, "
+              f"channels_last: {channels_last}")
         print(format_table([]), flush=True)
 
     rows = []
     for size in sizes:
-        cases = [_Case(key, label, model, size, batch_size, device)
+        cases = [_Case(key, label, model, size, batch_size, device, channels_last)
                  for key, (label, model) in models.items()]
         for i in range(warmup + steps):
             for case in cases:
@@ -170,10 +173,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory layout (default: channels_last on CUDA only)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.what == "model":
         bench_model(args.sizes, args.batch_size, args.steps, args.warmup, args.device,
-                    args.variants, args.width)  # prints the table row by row
+                    args.variants, args.width, channels_last=args.channels_last)  # prints row by row
 
 
 if __name__ == "__main__":
