@@ -84,6 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _fresh_path(Path(args.out or f"runs/train-{profile}"), args.out is not None, args.force, is_dir=True)
     device = pick_device(args.device)
 
+    # The task: --classes/--merge, else the profile's default (quick: merged infection; full: each lesion class).
+    if args.classes is None and not args.merge:
+        args.merge = prof.merge
     full = SegmentationDataset(args.data, classes=args.classes, merge=args.merge)
     split = split_by_group(full.groups, seed=args.seed)
     names = full.class_names
@@ -262,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train CR-Net on a PNG folder and evaluate it on its test split")
     data_arg(t)
     t.add_argument("--profile", default=None, help="auto (default; $CRLEARN_PROFILE), quick or full")
-    t.add_argument("--classes", nargs="+", default=None, help="lesion classes (default: ggo consolidation effusion)")
-    t.add_argument("--merge", action="store_true", help="merge the classes into one 'infection' class (Table 7)")
+    t.add_argument("--classes", nargs="+", default=None,
+                   help="lesion classes, one output each (full profile's default: ggo consolidation effusion)")
+    t.add_argument("--merge", action="store_true",
+                   help="merge the classes into one 'infection' class (Table 7; the quick profile's default)")
     t.add_argument("--variant", choices=["unet", "unet_aspp", "crnet"], default=None, help="Table 7 row (default crnet)")
     t.add_argument("--bce-only", action="store_true", help="plain BCE instead of the hybrid loss")
     t.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")

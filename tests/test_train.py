@@ -145,7 +145,8 @@ def test_cli_train_evaluate_predict(small_data, tmp_path, capsys):
     for name in ("best.pt", "last.pt", "history.json", "metrics.json", "learning_curve.png", "test_overlays.png"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["profile"] == "quick" and "infection" in metrics["test"]["pooled"]
+    assert metrics["profile"] == "quick" and metrics["class_names"] == ["infection"]  # the quick profile's task
+    assert set(metrics["test"]["pooled"]) == {"infection"}
     assert main(args) == 2  # the run folder exists: nothing is overwritten without --force
     assert "already exists" in capsys.readouterr().err
 
@@ -159,7 +160,8 @@ def test_cli_train_evaluate_predict(small_data, tmp_path, capsys):
     image = next((small_data / "images").iterdir())
     assert main(["predict", "--checkpoint", str(run / "best.pt"), str(image), "--out", str(tmp_path / "pred")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "pred" / "areas.csv")))
-    assert [r["class"] for r in rows] == ["ggo", "consolidation", "effusion"]
+    assert [r["class"] for r in rows] == ["infection"]
+    assert 0.0 <= float(rows[0]["fraction"]) <= 1.0
     assert (tmp_path / "pred" / f"{image.stem}_overlay.png").exists()
 
 
