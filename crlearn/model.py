@@ -57,7 +57,7 @@ class CRNetConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> "CRNetConfig":
         """A tiny CR-Net (~1.7 M parameters) that trains in minutes on a CPU at 128 px."""
-        return cls(**{"width": 0.25, "aspp_channels": 16, "refine_channels": 16, **overrides})
+        return cls(**{"width": 0.25, "aspp_channels": 16, "refine_channels": 8, **overrides})
 
     @classmethod
     def full(cls, **overrides: Any) -> "CRNetConfig":

@@ -93,7 +93,7 @@ PROFILES: dict[str, Profile] = {
     # net for a slow or busy machine (a normal 2-core CPU finishes the 20 epochs well before it).
     "quick": Profile(
         "quick",
-        model=dict(width=0.25, aspp_channels=16, refine_channels=8),
+        model=CRNetConfig.quick().to_dict() | {"num_classes": 1},
         train=dict(size=128, epochs=20, batch_size=8, lr=3e-3, schedule="onecycle", patience=100, max_minutes=2.5),
         merge=True,
     ),
