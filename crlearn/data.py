@@ -65,6 +65,18 @@ class SliceRecord:
 # ----------------------------------------------------------------------------- reading files
 
 
+def _open_image(path: Path, what: str) -> tuple[str, np.ndarray]:
+    """PIL mode and pixel array of a file; :class:`DataError` naming the file if it is missing or unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.mode, np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable {what} ({exc})") from None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read a grayscale slice as float32 ``(H, W)`` in [0, 1].
 
@@ -73,15 +85,7 @@ def read_image(path: str | Path) -> np.ndarray:
     :class:`DataError`.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+    mode, arr = _open_image(path, "image")
     if mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
@@ -107,15 +111,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path, max_label: int) -> np.ndarray:
     """Read an integer label mask as uint8 ``(H, W)``; every value must lie in ``0..max_label``."""
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise DataError(f"{path}: mask file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable mask image ({exc})") from None
+    mode, arr = _open_image(path, "mask")
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has mode {mode!r} and shape {arr.shape}; a single-channel label image is expected")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
