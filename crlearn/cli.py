@@ -233,7 +233,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "model":
         from .bench import bench_model, format_table
 
-        rows = bench_model(sizes=tuple(args.sizes), batch_size=args.batch_size, steps=args.steps, width=args.width)
+        rows = bench_model(sizes=tuple(args.sizes), batch_size=args.batch_size, steps=args.steps, width=args.width,
+                           verbose=False)
         print(format_table(rows))
     else:
         from .bench_ssim import bench_ssim
