@@ -10,14 +10,7 @@ from crlearn.blocks import ASPP, ConvBNReLU, SEBasicBlock, SEBlock
 from crlearn.encoder import EncoderClassifier, SEResNet34Encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one intra-op thread is as fast as several, and it does not
-    stall (OpenMP barriers) when other processes share the CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

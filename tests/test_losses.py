@@ -19,13 +19,7 @@ from crlearn.losses import (
 pytorch_msssim = pytest.importorskip("pytorch_msssim")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy CPU (100x faster gradcheck)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _disc(h: int, w: int, cy: float, cx: float, r: float, dtype=torch.float64) -> torch.Tensor:

@@ -12,14 +12,7 @@ from crlearn.model import VARIANTS, CRNet, CRNetConfig, CRNetOutput
 from crlearn.refine import RefineModule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one intra-op thread is as fast as several, and it does not
-    stall (OpenMP barriers) when other processes share the CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
