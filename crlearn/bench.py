@@ -88,13 +88,14 @@ class _Case:
 def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, steps: int = 3,
                 warmup: int = 1, device: str | torch.device | None = None,
                 variants: Sequence[str] = ("unet", "unet_aspp", "crnet"), width: float = 1.0,
-                verbose: bool = True, channels_last: bool | None = None) -> list[dict]:
+                verbose: bool = True, channels_last: bool = True) -> list[dict]:
     """Time one training step (forward, backward, Adam) of each model at each size.
 
     The models' steps are interleaved (model A, B, C, A, B, C, ...) and the median
     step time is reported, so that other load on the machine hits every model alike.
-    On CUDA the models run under bf16 autocast; ``channels_last`` (default: on CUDA
-    only, as in training) puts models and inputs in that memory layout. FLOPs
+    On CUDA the models run under bf16 autocast; ``channels_last`` (default: on, as
+    :func:`crlearn.train.fit` trains on every device) puts every model, SMP's included,
+    and its inputs in that memory layout. FLOPs
     are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward +
     backward (convolutions and matmuls; norms, activations and the optimiser are
     uncounted), so GFLOP/s compares how well each network uses the hardware.
@@ -109,8 +110,6 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if channels_last is None:
-        channels_last = device.type == "cuda"
     models: dict[str, tuple[str, nn.Module]] = {}
     smp_model = _smp_unet()
     if smp_model is None:
@@ -173,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="memory layout (default: channels_last on CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="memory layout (default: channels_last, as training uses)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -26,6 +26,23 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that routes narrow channels_last CPU inputs through the NCHW kernel.
+
+    Same parameters, buffers and results as ``nn.BatchNorm2d``. Only the speed differs: PyTorch's CPU
+    channels_last batch-norm backward is slow when there are fewer channels than one SIMD vector holds
+    (measured with torch 2.14 on 2 cores, (8, 8, 128, 128): forward+backward 12 ms channels_last vs 6 ms
+    NCHW including both layout copies). The quick profile's refinement module (8 channels) hits that case.
+    """
+
+    narrow: int = 16  # below this many channels, use the NCHW kernel on CPU
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and self.num_features < self.narrow and _memory_format(x) is torch.channels_last:
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 class ConvBNReLU(nn.Sequential):
     """3x3 (or k x k) convolution, batch norm, ReLU: the unit every decoder in the paper stacks.
 
@@ -48,7 +65,7 @@ class ConvBNReLU(nn.Sequential):
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation, bias=False),
-            nn.BatchNorm2d(out_ch),
+            BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
         )
 

@@ -115,27 +115,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         "split": split,
         "train_seconds": train_seconds,
         "epochs_run": len(history["epoch"]),
+        "tta": args.tta,
         "note": DISCLAIMER,
     }
     for part in ("val", "test"):
         ds = SegmentationDataset(args.data, classes=args.classes, merge=args.merge, indices=split[part])
-        results[part] = evaluate(model, ds, cfg.size, device)
+        results[part] = evaluate(model, ds, cfg.size, device, tta=args.tta)
     atomic_write_json(out / "metrics.json", results)
     _save_fig(plot_history(history, f"profile {profile}, {hardware()}"), out / "learning_curve.png")
     test = SegmentationDataset(args.data, classes=args.classes, merge=args.merge, indices=split["test"][:4])
     from .train import predict
 
-    _, pred = predict(model, test.images, cfg.size, device)
+    _, pred = predict(model, test.images, cfg.size, device, tta=args.tta)
     fig = plot_overlays(test.images, test.one_hot(test.labels), pred, names, titles=[r.name for r in test.records])
     _save_fig(fig, out / "test_overlays.png")
     print(f"trained {len(history['epoch'])} epochs in {train_seconds:.0f} s")
-    print(_metrics_table(results["test"], f"test split ({len(split['test'])} slices), pooled at original resolution:"))
+    print(_metrics_table(results["test"], f"test split ({len(split['test'])} slices), pooled at original resolution{_tta_note(args.tta)}:"))
     print(f"wrote {out}/: best.pt last.pt history.json metrics.json learning_curve.png test_overlays.png")
     print(DISCLAIMER)
     return 0
 
 
 # ----------------------------------------------------------------------------- evaluate and predict
+
+
+def _tta_note(tta: bool) -> str:
+    return ", five-view test-time augmentation" if tta else ", single pass (--no-tta)"
 
 
 def _load_model(path: str):
@@ -159,15 +164,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     merged = names == ["infection"]
     ds = SegmentationDataset(args.data, classes=None if merged else names, merge=merged)
     size = ckpt["train_config"]["size"]
-    metrics = evaluate(model, ds, size, device)
+    metrics = evaluate(model, ds, size, device, tta=args.tta)
     out = _fresh_path(
         Path(args.out or Path(args.checkpoint).with_name(f"eval-{Path(args.data).resolve().name}.json")),
         args.out is not None, args.force, is_dir=False,
     )
     result = {"checkpoint": str(args.checkpoint), "data": str(Path(args.data).resolve()), "n_slices": len(ds),
-              "class_names": names, "metrics": metrics, "note": DISCLAIMER}
+              "class_names": names, "tta": args.tta, "metrics": metrics, "note": DISCLAIMER}
     atomic_write_json(out, result)
-    print(_metrics_table(metrics, f"{args.data}: {len(ds)} slices, pooled at original resolution:"))
+    print(_metrics_table(metrics, f"{args.data}: {len(ds)} slices, pooled at original resolution{_tta_note(args.tta)}:"))
     print(f"wrote {out}")
     print(DISCLAIMER)
     return 0
@@ -187,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = []
     for path in args.images:
         image = torch.from_numpy(read_image(path))[None, None]  # (1, 1, H, W)
-        probs, labels = predict(model, image, size, device)
+        probs, labels = predict(model, image, size, device, tta=args.tta)
         h, w = image.shape[-2:]
         for k, name in enumerate(names):
             px = int(labels[0, k].sum())
@@ -234,7 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import bench_model, format_table
 
         rows = bench_model(sizes=tuple(args.sizes), batch_size=args.batch_size, steps=args.steps, width=args.width,
-                           verbose=False)
+                           verbose=False, channels_last=args.channels_last)
         print(format_table(rows))
     else:
         from .bench_ssim import bench_ssim
@@ -263,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--force", action="store_true", help="overwrite an existing --out")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def tta_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="one forward pass per slice instead of averaging the five training views")
+
     t = sub.add_parser("train", help="train CR-Net on a PNG folder and evaluate it on its test split")
     data_arg(t)
     t.add_argument("--profile", default=None, help="auto (default; $CRLEARN_PROFILE), quick or full")
@@ -280,18 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t.add_argument("--resume", default=None, help="continue the run of a last.pt checkpoint")
+    tta_arg(t)
     common(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a PNG folder")
     e.add_argument("--checkpoint", required=True)
     data_arg(e)
+    tta_arg(e)
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="overlays and lesion areas for images")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+", help="grayscale PNG slices")
+    tta_arg(pr)
     common(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -311,15 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--steps", type=int, default=3)
     b.add_argument("--width", type=float, default=1.0)
+    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="memory layout of models and inputs (default: channels_last, as training uses)")
     b.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
-    from .train import CheckpointError
+    from .train import CheckpointError, keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # faster CPU training steps (see its docstring)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

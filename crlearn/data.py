@@ -203,6 +203,24 @@ def resolve_classes(
 # ----------------------------------------------------------------------------- the dataset
 
 
+def apply_view(x: torch.Tensor, kind: str, inverse: bool = False) -> torch.Tensor:
+    """One of the paper's five views (§2.3) on the last two dims of any tensor, e.g. a batch ``(B, C, H, W)``.
+
+    The same pixel moves as :func:`augment_pair` (``rot90`` turns counter-clockwise, like ``TF.rotate(90)``);
+    ``inverse=True`` undoes the view. Test-time augmentation (:func:`crlearn.train.predict_logits`) maps each
+    view's prediction back with it.
+    """
+    if kind == "identity":
+        return x
+    if kind in ("rot90", "rot180", "rot270"):
+        k = int(kind[3:]) // 90
+        return torch.rot90(x, -k if inverse else k, dims=(-2, -1))
+    if kind == "hflip":
+        return torch.flip(x, dims=(-1,))
+    raise ValueError(f"unknown augmentation {kind!r}; expected one of {AUGMENTATIONS}")
+
+
+
 def augment_pair(image: torch.Tensor, mask: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply one of the paper's five views (§2.3) identically to an image ``[1,H,W]`` and a mask ``[C,H,W]``.
 

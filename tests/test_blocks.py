@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import resnet34
 from torchvision.ops import SqueezeExcitation
 
-from crlearn.blocks import ASPP, ConvBNReLU, SEBasicBlock, SEBlock
+from crlearn.blocks import ASPP, BatchNorm2d, ConvBNReLU, SEBasicBlock, SEBlock
 from crlearn.encoder import EncoderClassifier, SEResNet34Encoder
 
 
@@ -155,3 +155,22 @@ def test_encoder_classifier_unfreezes_on_request():
     clf.freeze_encoder()
     assert not any(p.requires_grad for p in clf.encoder.parameters())
     assert not clf.encoder.training
+
+
+@pytest.mark.parametrize("channels", [4, 32])
+def test_batchnorm_matches_torch_in_both_layouts(channels):
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(channels), nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, channels, 8, 8).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert ya.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g)
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+    assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-4)
+    assert torch.allclose(ours.running_var, ref.running_var, atol=1e-6)

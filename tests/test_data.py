@@ -14,6 +14,7 @@ from crlearn.data import (
     AUGMENTATIONS,
     DataError,
     SegmentationDataset,
+    apply_view,
     augment_pair,
     group_folds,
     read_image,
@@ -116,6 +117,17 @@ def test_augmentation_multiplies_by_five_and_keeps_image_and_mask_aligned():
     img0, msk0 = ds[0]
     img1, msk1 = ds[1]  # rot90 of slice 0
     assert torch.equal(img1, torch.rot90(img0, 1, (1, 2))) and torch.equal(msk1, torch.rot90(msk0, 1, (1, 2)))
+
+
+@pytest.mark.parametrize("kind", AUGMENTATIONS)
+def test_apply_view_moves_pixels_like_augment_pair_and_inverts(kind):
+    x = torch.rand(2, 3, 8, 8)  # a batch: views act on the last two dims
+    for b in range(2):
+        _, expected = augment_pair(x[b, :1], x[b], kind)
+        assert torch.equal(apply_view(x, kind)[b], expected)
+    assert torch.equal(apply_view(apply_view(x, kind), kind, inverse=True), x)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        apply_view(x, "rot45")
 
 
 def test_train_val_test_split_is_group_disjoint_and_deterministic(sample512):

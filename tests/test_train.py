@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -9,15 +10,18 @@ import pytest
 import torch
 
 from crlearn.cli import main
-from crlearn.data import SegmentationDataset, split_by_group
+from crlearn.data import AUGMENTATIONS, SegmentationDataset, apply_view, split_by_group
 from crlearn.model import CRNet, CRNetConfig
 from crlearn.train import (
     CheckpointError,
     TrainConfig,
+    WeightEMA,
     evaluate,
     fit,
+    keep_freed_memory,
     load_checkpoint,
     predict,
+    predict_logits,
     resolve_profile,
     save_checkpoint,
 )
@@ -51,16 +55,28 @@ def small_data(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_run(data: Path, epochs: int = 2, run_dir=None, resume=None, seed: int = 0, schedule: str = "onecycle"):
+def tiny_run(data: Path, epochs: int = 2, run_dir=None, resume=None, seed: int = 0, schedule: str = "onecycle",
+             ema: float | None = None):
     full = SegmentationDataset(data, merge=True)
     split = split_by_group(full.groups, seed=0)
     train = SegmentationDataset(data, merge=True, size=64, augment=True, indices=split["train"])
     val = SegmentationDataset(data, merge=True, size=64, indices=split["val"])
     torch.manual_seed(seed)
     model = CRNet(CRNetConfig(num_classes=1, **TINY))
-    cfg = TrainConfig(size=64, epochs=epochs, batch_size=4, lr=1e-3, seed=seed, schedule=schedule)
+    cfg = TrainConfig(size=64, epochs=epochs, batch_size=4, lr=1e-3, seed=seed, schedule=schedule, ema=ema)
     history = fit(model, train, val, cfg, ["infection"], run_dir=run_dir, resume=resume, device="cpu", progress=False)
     return model, history
+
+
+def test_keep_freed_memory_on_glibc_and_a_no_op_elsewhere(monkeypatch):
+    import platform
+    import sys
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
+    assert keep_freed_memory() is glibc  # calling it again is harmless
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert keep_freed_memory() is False
 
 
 def test_profile_resolution_order(monkeypatch):
@@ -93,6 +109,49 @@ def test_resume_continues_the_same_run(small_data, tmp_path):
     assert json.loads((tmp_path / "b" / "history.json").read_text())["epoch"] == [1, 2, 3]
 
 
+def test_weight_ema_matches_torch_averaged_model():
+    torch.manual_seed(0)
+    model = CRNet(CRNetConfig(num_classes=1, **TINY))
+    ours = WeightEMA(model, 0.9)
+    ref = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True
+    )
+    for _ in range(4):
+        model.train()(torch.rand(2, 1, 64, 64))  # moves the BN running statistics
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update()
+        ref.update_parameters(model)
+    theirs = ref.module.state_dict()
+    for k, v in ours.module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, theirs[k], atol=1e-6), k
+    assert ours.updates == 4
+
+
+def test_ema_model_is_validated_kept_and_resumed(small_data, tmp_path):
+    _, a = tiny_run(small_data, epochs=3, run_dir=tmp_path / "a", schedule="constant", ema=0.9)
+    _, plain = tiny_run(small_data, epochs=3, schedule="constant")
+    assert a["train_loss"] == plain["train_loss"]  # the average never feeds back into training
+    assert a["val_loss"] != plain["val_loss"]  # ... but it is what gets validated
+    last = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    n_train = len(split_by_group(SegmentationDataset(small_data, merge=True).groups, seed=0)["train"])
+    assert last["ema_updates"] == 3 * math.ceil(n_train * 5 / 4)  # one update per step: 3 epochs, batch 4
+    for k, v in last["state_dict"].items():  # the averaged weights differ from the raw ones being trained
+        if v.is_floating_point() and "running" not in k and v.numel() > 1:
+            assert not torch.equal(v, last["train_state_dict"][k]), k
+            break
+    best, ckpt = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert ckpt["best_val_loss"] == min(a["val_loss"])
+    tiny_run(small_data, epochs=2, run_dir=tmp_path / "b", schedule="constant", ema=0.9)
+    _, resumed = tiny_run(small_data, epochs=3, run_dir=tmp_path / "b", resume=tmp_path / "b" / "last.pt",
+                          schedule="constant", ema=0.9)
+    assert resumed["val_loss"][2] == pytest.approx(a["val_loss"][2], rel=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+
+
 def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     torch.manual_seed(0)
     model = CRNet(CRNetConfig(num_classes=3, **TINY)).eval()
@@ -121,6 +180,17 @@ def test_predict_returns_probabilities_at_the_input_size():
     probs, labels = predict(model, torch.rand(3, 1, 100, 90), size=64, device="cpu")
     assert probs.shape == (3, 2, 100, 90) and labels.dtype == torch.bool
     assert 0 <= float(probs.min()) and float(probs.max()) <= 1
+
+
+def test_tta_averages_the_five_views_mapped_back():
+    torch.manual_seed(0)
+    model = CRNet(CRNetConfig(num_classes=1, **TINY)).eval()
+    x = torch.rand(2, 1, 64, 64)
+    single = predict_logits(model, x, size=64, device="cpu", tta=False)
+    with torch.no_grad():
+        by_hand = sum(apply_view(model(apply_view(x, v)).final, v, inverse=True) for v in AUGMENTATIONS) / 5
+        assert torch.allclose(single, model(x).final, atol=1e-5)
+    assert torch.allclose(predict_logits(model, x, size=64, device="cpu"), by_hand, atol=1e-5)
 
 
 def test_evaluate_reports_each_class_and_the_merged_infection(small_data):
