@@ -101,7 +101,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         "quick",
         model=CRNetConfig.quick().to_dict() | {"num_classes": 1},
-        train=dict(size=128, epochs=18, batch_size=8, lr=6e-3, schedule="onecycle", patience=100, ema=0.98),
+        train=dict(size=128, epochs=17, batch_size=8, lr=6e-3, schedule="onecycle", patience=100, ema=0.98),
         merge=True,
     ),
     # The paper: width 1.0, 512 px, Adam 3e-4, batch 8, up to 200 epochs, early stopping.
