@@ -113,6 +113,7 @@ def run_ablation(
         "seed": seed,
         "train_config": {k: v for k, v in vars(base_cfg).items()},
         "model_config": prof.model_config(num_classes=1).to_dict(),
+        "tta": True,  # every row is evaluated with evaluate()'s default five-view test-time augmentation
         "total_seconds": time.perf_counter() - t_start,
         "rows": out_rows,
         "models": models,

@@ -254,3 +254,21 @@ def test_cli_rejects_a_checkpoint_whose_classes_do_not_fit_the_data(tmp_path, sm
     save_checkpoint(tmp_path / "f.pt", model, ["fibrosis"], TrainConfig(size=64))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "f.pt"), "--data", str(small_data)]) == 2
     assert "do not fit" in capsys.readouterr().err
+
+
+def test_cli_ablate_two_folds_writes_table_json_and_chart(small_data, tmp_path, capsys):
+    out = tmp_path / "abl"
+    argv = ["ablate", "--data", str(small_data), "--profile", "quick", "--folds", "2", "--epochs", "1",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert [r["key"] for r in result["rows"]] == ["unet", "aspp", "refine", "hybrid"]
+    assert [r["paper_dice"] for r in result["rows"]] == [0.793, 0.817, 0.850, 0.870]
+    assert result["folds"] == 2 and result["tta"] is True and result["train_config"]["epochs"] == 1
+    for row in result["rows"]:
+        assert len(row["folds"]) == 2 and "dice_std" in row and 0.0 <= row["dice"] <= 1.0
+        assert row["dice"] == pytest.approx(sum(f["dice"] for f in row["folds"]) / 2)
+    assert [r["hybrid"] for r in result["rows"]] == [False, False, False, True]
+    assert (out / "ablation.png").stat().st_size > 0 and "mean ± std over 2 group folds" in (out / "ablation.md").read_text()
+    assert main(argv) == 2  # the same --out again, without --force
+    assert "exists" in capsys.readouterr().err
