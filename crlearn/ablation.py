@@ -57,12 +57,14 @@ def run_ablation(
     rows: Sequence[AblationRow] = TABLE7,
     device: str | torch.device | None = None,
     progress: bool = True,
+    tta: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate every row; returns ``{"rows": [...], "profile": ..., "hardware": ..., ...}``.
 
     ``epochs`` and ``max_minutes`` cap every row's training (the same cap for all rows); they are recorded.
     Each row reports the pooled test Dice of the infection class, and also IoU, precision, recall and
-    boundary F1; ``models`` (not saved to JSON) keeps the trained models of the last fold for inspection.
+    boundary F1, evaluated with test-time augmentation unless ``tta=False``; ``models`` (not saved to JSON)
+    keeps the trained models of the last fold for inspection.
     """
     prof = PROFILES[profile]
     device = pick_device(device)
@@ -90,7 +92,7 @@ def run_ablation(
             t0 = time.perf_counter()
             hist = fit(model, train_set, val_set, cfg, names, device=device, progress=progress)
             seconds = time.perf_counter() - t0
-            m = evaluate(model, test_set, cfg.size, device)["pooled"]["infection"]
+            m = evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"]["infection"]
             per_row[row.key].append({**m, "seconds": seconds, "epochs": len(hist["epoch"])})
             models[row.key] = model.cpu()
     out_rows = []
@@ -113,7 +115,7 @@ def run_ablation(
         "seed": seed,
         "train_config": {k: v for k, v in vars(base_cfg).items()},
         "model_config": prof.model_config(num_classes=1).to_dict(),
-        "tta": True,  # every row is evaluated with evaluate()'s default five-view test-time augmentation
+        "tta": tta,  # five-view test-time augmentation at evaluation
         "total_seconds": time.perf_counter() - t_start,
         "rows": out_rows,
         "models": models,

@@ -32,7 +32,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     Same parameters, buffers and results as ``nn.BatchNorm2d``. Only the speed differs: PyTorch's CPU
     channels_last batch-norm backward is slow when there are fewer channels than one SIMD vector holds
     (measured with torch 2.14 on 2 cores, (8, 8, 128, 128): forward+backward 12 ms channels_last vs 6 ms
-    NCHW including both layout copies). The quick profile's refinement module (8 channels) hits that case.
+    NCHW including both layout copies). Every BN of the network is this class; the quick profile's refinement
+    module (8 channels) hits that case.
     """
 
     narrow: int = 16  # below this many channels, use the NCHW kernel on CPU
@@ -124,16 +125,16 @@ class SEBasicBlock(nn.Module):
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = BatchNorm2d(out_channels)
         self.se = SEBlock(out_channels, reduction)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
+                BatchNorm2d(out_channels),
             )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -130,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     fig = plot_overlays(test.images, test.one_hot(test.labels), pred, names, titles=[r.name for r in test.records])
     _save_fig(fig, out / "test_overlays.png")
     print(f"trained {len(history['epoch'])} epochs in {train_seconds:.0f} s")
-    print(_metrics_table(results["test"], f"test split ({len(split['test'])} slices), pooled at original resolution{_tta_note(args.tta)}:"))
+    title = f"test split ({len(split['test'])} slices), pooled at original resolution{_tta_note(args.tta)}:"
+    print(_metrics_table(results["test"], title))
     print(f"wrote {out}/: best.pt last.pt history.json metrics.json learning_curve.png test_overlays.png")
     print(DISCLAIMER)
     return 0

@@ -206,9 +206,9 @@ def resolve_classes(
 def apply_view(x: torch.Tensor, kind: str, inverse: bool = False) -> torch.Tensor:
     """One of the paper's five views (§2.3) on the last two dims of any tensor, e.g. a batch ``(B, C, H, W)``.
 
-    The same pixel moves as :func:`augment_pair` (``rot90`` turns counter-clockwise, like ``TF.rotate(90)``);
-    ``inverse=True`` undoes the view. Test-time augmentation (:func:`crlearn.train.predict_logits`) maps each
-    view's prediction back with it.
+    Rotations by multiples of 90 degrees and flips move pixels exactly (no interpolation); ``rot90`` turns
+    counter-clockwise, like ``TF.rotate(90)``. ``inverse=True`` undoes the view: test-time augmentation
+    (:func:`crlearn.train.predict_logits`) maps each view's prediction back with it.
     """
     if kind == "identity":
         return x
@@ -220,24 +220,10 @@ def apply_view(x: torch.Tensor, kind: str, inverse: bool = False) -> torch.Tenso
     raise ValueError(f"unknown augmentation {kind!r}; expected one of {AUGMENTATIONS}")
 
 
-
 def augment_pair(image: torch.Tensor, mask: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one of the paper's five views (§2.3) identically to an image ``[1,H,W]`` and a mask ``[C,H,W]``.
-
-    Uses ``torchvision.transforms.v2`` on ``tv_tensors.Image`` / ``tv_tensors.Mask``; rotations by multiples of
-    90 degrees move pixels exactly (no interpolation), so image and mask stay aligned pixel for pixel.
-    """
-    img, msk = tv_tensors.Image(image), tv_tensors.Mask(mask)
-    if kind == "identity":
-        pass
-    elif kind in ("rot90", "rot180", "rot270"):
-        angle = float(kind[3:])
-        img, msk = TF.rotate(img, angle), TF.rotate(msk, angle)
-    elif kind == "hflip":
-        img, msk = TF.horizontal_flip(img), TF.horizontal_flip(msk)
-    else:
-        raise ValueError(f"unknown augmentation {kind!r}; expected one of {AUGMENTATIONS}")
-    return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+    """Apply one of the paper's five views (§2.3) identically to an image ``[1,H,W]`` and a mask ``[C,H,W]``:
+    :func:`apply_view` on both, so image and mask stay aligned pixel for pixel."""
+    return apply_view(image, kind), apply_view(mask, kind)
 
 
 class SegmentationDataset(Dataset):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import SEBasicBlock, _check_positive_int
+from .blocks import BatchNorm2d, SEBasicBlock, _check_positive_int
 
 STAGE_BLOCKS = (3, 4, 6, 3)  # basic blocks per stage in ResNet-34
 STAGE_WIDTHS = (64, 128, 256, 512)  # channels per stage at width 1.0
@@ -49,7 +49,7 @@ class SEResNet34Encoder(nn.Module):
         c0 = self.out_channels[0]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c0, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(c0),
+            BatchNorm2d(c0),
             nn.ReLU(inplace=True),
         )
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)

@@ -456,7 +456,8 @@ def predict_logits(
     resized back (bilinear). Runs under autocast on CUDA. With ``tta`` (test-time augmentation, on by default
     as in nnU-Net's inference) the model sees the paper's five training views of each image (identity,
     rot90/180/270, hflip), each prediction is mapped back and the logits are averaged: five forward passes
-    for a steadier mask (measured on the sample's splits with the quick profile: +0.5 and +1.6 Dice points).
+    for a steadier mask (quick profile, the sample's test split: +1.3 Dice points on average over twelve runs;
+    about 0 on its 8 validation slices; see the README).
     """
     device = pick_device(device)
     model = model.to(device=device, memory_format=torch.channels_last).eval()
@@ -466,11 +467,11 @@ def predict_logits(
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size]
         h, w = x.shape[-2:]
-        xs = _resize(x, (size, size))
+        xs = _to_device(_resize(x, (size, size)), device)  # one copy to the device; the views are made there
         logits = 0.0
         for view in views:
             with _autocast(device, dtype):
-                out = model(_to_device(apply_view(xs, view), device)).final
+                out = model(apply_view(xs, view).contiguous(memory_format=torch.channels_last)).final
             logits = logits + apply_view(out.float(), view, inverse=True)
         logits = logits / len(views)
         outs.append(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).cpu())
@@ -497,8 +498,8 @@ def evaluate(
     """Per-class and merged-infection metrics at the dataset's own resolution.
 
     ``dataset`` is a :class:`~crlearn.data.SegmentationDataset` (ideally built with ``size=None``, i.e. at the
-    original resolution). Predictions are made at the model's ``size`` and resized back; ``tta`` averages the five training views (see :func:`predict_logits`). Returns the
-    :class:`~crlearn.metrics.SegmentationMeter` result: pooled and per-slice Dice, IoU, pixel precision, pixel
+    original resolution). Predictions are made at the model's ``size`` and resized back; ``tta`` averages the
+    five training views (see :func:`predict_logits`). Returns the :class:`~crlearn.metrics.SegmentationMeter` result: pooled and per-slice Dice, IoU, pixel precision, pixel
     recall and boundary F1 for every class, plus ``infection`` (the union of all classes) when there are several.
     """
     names = list(dataset.class_names)
