@@ -110,6 +110,8 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as fit() trains; every model alike
     models: dict[str, tuple[str, nn.Module]] = {}
     smp_model = _smp_unet()
     if smp_model is None:

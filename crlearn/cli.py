@@ -239,8 +239,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "model":
         from .bench import bench_model, format_table
 
-        rows = bench_model(sizes=tuple(args.sizes), batch_size=args.batch_size, steps=args.steps, width=args.width,
-                           verbose=False, channels_last=args.channels_last)
+        rows = bench_model(sizes=tuple(args.sizes), batch_size=args.batch_size, steps=args.steps,
+                           warmup=args.warmup, width=args.width, verbose=False, channels_last=args.channels_last)
         print(format_table(rows))
     else:
         from .bench_ssim import bench_ssim
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--steps", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1, help="untimed steps first (model; use 3 or more on a GPU)")
     b.add_argument("--width", type=float, default=1.0)
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="memory layout of models and inputs (default: channels_last, as training uses)")
