@@ -1,5 +1,6 @@
 #!/bin/bash
 # One GPU session: CUDA tests, model and SSIM benchmarks, notebook 06 (full profile, time-capped), ablation (full).
+# Needs ./.whl: wheels of segmentation_models_pytorch and pytorch_msssim (the GPU machine has no network); $OUT: output folder.
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 L=$OUT/log.txt
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD  # wheels of segmentation_models_pytorch and pytorch_msssim (not on that machine)

@@ -1,4 +1,6 @@
 #!/bin/bash
+# Notebooks 04, 07, 08 in the full profile with shortened time caps. Needs ./.whl: wheels of segmentation_models_pytorch,
+# pytorch_msssim, and ipywidgets with its dependencies (the GPU machine has no network); $OUT: output folder.
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 L=$OUT/log2.txt
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
