@@ -343,6 +343,9 @@ def fit(
     (:class:`WeightEMA`) is updated after every step, and it is the averaged model that
     is validated, checkpointed and returned: with batch 8 on a small data set the raw model's BN running
     statistics are noisy, so its validation loss jumps from epoch to epoch even when the learning rate is ~0.
+
+    On CUDA it turns on ``torch.backends.cudnn.benchmark`` (a process-wide switch: every batch has the same size, so
+    cuDNN times its kernels once and keeps the fastest).
     """
     device = pick_device(device)
     cfg = config

@@ -151,3 +151,22 @@ def test_bench_model_returns_one_row_per_model_and_size():
     for r in rows:
         assert r["step_s"] > 0 and r["gflop_per_step"] > 0 and math.isfinite(r["gflops_per_s"])
     assert format_table(rows).count("\n") == len(rows) + 1
+
+
+def test_cli_bench_model_prints_one_row_per_model(capsys, monkeypatch):
+    from crlearn import bench
+    from crlearn.cli import main
+
+    calls = []
+    real = bench.bench_model
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**{**kwargs, "variants": ("unet",)})
+
+    monkeypatch.setattr(bench, "bench_model", spy)
+    assert main(["bench", "model", "--sizes", "64", "--batch-size", "1", "--steps", "1", "--warmup", "0",
+                 "--width", "0.25", "--no-channels-last"]) == 0
+    assert calls[0]["warmup"] == 0 and calls[0]["steps"] == 1 and calls[0]["channels_last"] is False
+    table = capsys.readouterr().out
+    assert "U-Net (SE-ResNet34) | 64 |" in table
