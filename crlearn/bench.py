@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .model import VARIANTS, CRNet, CRNetConfig
+from .train import pick_device
 
 SMP_LABEL = "SMP U-Net (ResNet34)"
 
@@ -109,7 +110,7 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
             raise ValueError(f"variants must be among {sorted(VARIANTS)}, got {v!r}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fit() trains; every model alike
     models: dict[str, tuple[str, nn.Module]] = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crlearn.bench import bench_model
-from crlearn.data import SegmentationDataset, split_by_group
+from crlearn.data import SegmentationDataset, scan_folder, split_by_group
 from crlearn.model import CRNet, CRNetConfig
 from crlearn.train import TrainConfig, autocast_dtype, evaluate, fit, make_loader, predict_logits
 
@@ -21,8 +21,7 @@ TINY = dict(width=0.125, aspp_channels=8, refine_channels=8)
 
 @pytest.fixture(scope="module")
 def sets():
-    full = SegmentationDataset(SAMPLE, merge=True)
-    split = split_by_group(full.groups, seed=0)
+    split = split_by_group([r.group for r in scan_folder(SAMPLE)], seed=0)  # groups without loading the images
     train = SegmentationDataset(SAMPLE, merge=True, size=64, augment=True, indices=split["train"][:12])
     val = SegmentationDataset(SAMPLE, merge=True, size=64, indices=split["val"])
     test = SegmentationDataset(SAMPLE, merge=True, indices=split["test"][:4])
