@@ -7,7 +7,6 @@ and reported as mean ± std.
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data import SegmentationDataset, group_folds, split_by_group
+from .data import MERGED_CLASS, SegmentationDataset, default_data_dir
+from .splits import group_folds, split_by_group
+from .engine import fit
+from .inference import evaluate
 from .model import CRNet
-from .train import PROFILES, evaluate, fit, pick_device
+from .profiles import PROFILES, pick_device
+from .report import DISCLAIMER, hardware, markdown_table
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,8 @@ TABLE7: tuple[AblationRow, ...] = (
 )
 
 
-def hardware() -> str:
-    """A short description of where this runs, for every reported number."""
-    if torch.cuda.is_available():
-        return f"CUDA GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def run_ablation(
-    data: str | Path,
+    data: str | Path | None = None,
     profile: str = "quick",
     folds: int | None = None,
     seed: int = 0,
@@ -74,7 +70,7 @@ def run_ablation(
     if max_minutes is not None:
         overrides["max_minutes"] = max_minutes
     base_cfg = prof.train_config(**overrides)
-    full = SegmentationDataset(data, merge=True)  # original resolution, for evaluation
+    full = SegmentationDataset(data if data is not None else default_data_dir(), merge=True)  # loaded once
     groups = full.groups
     splits = group_folds(groups, folds, seed) if folds else [split_by_group(groups, seed=seed)]
     names = full.class_names
@@ -82,9 +78,9 @@ def run_ablation(
     models: dict[str, CRNet] = {}
     t_start = time.perf_counter()
     for split in splits:
-        train_set = SegmentationDataset(data, merge=True, size=base_cfg.size, augment=base_cfg.augment, indices=split["train"])
-        val_set = SegmentationDataset(data, merge=True, size=base_cfg.size, indices=split["val"])
-        test_set = SegmentationDataset(data, merge=True, indices=split["test"])
+        train_set = full.subset(split["train"], size=base_cfg.size, augment=base_cfg.augment)
+        val_set = full.subset(split["val"], size=base_cfg.size)
+        test_set = full.subset(split["test"])  # original resolution
         for row in rows:
             cfg = prof.train_config(**overrides, hybrid=row.hybrid)
             torch.manual_seed(cfg.seed)  # the same initial weights for the shared layers of every row
@@ -92,21 +88,9 @@ def run_ablation(
             t0 = time.perf_counter()
             hist = fit(model, train_set, val_set, cfg, names, device=device, progress=progress)
             seconds = time.perf_counter() - t0
-            m = evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"]["infection"]
+            m = evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS]
             per_row[row.key].append({**m, "seconds": seconds, "epochs": len(hist["epoch"])})
             models[row.key] = model.cpu()
-    out_rows = []
-    for row in rows:
-        runs = per_row[row.key]
-        entry: dict[str, Any] = {"key": row.key, "label": row.label, "variant": row.variant, "hybrid": row.hybrid,
-                                 "paper_dice": row.paper_dice}
-        for metric in ("dice", "iou", "precision", "recall", "boundary_f1", "seconds", "epochs"):
-            vals = np.array([r[metric] for r in runs], dtype=float)
-            entry[metric] = float(vals.mean())
-            if len(runs) > 1:
-                entry[f"{metric}_std"] = float(vals.std(ddof=1))
-        entry["folds"] = runs
-        out_rows.append(entry)
     return {
         "profile": profile,
         "hardware": hardware(),
@@ -117,29 +101,36 @@ def run_ablation(
         "model_config": prof.model_config(num_classes=1).to_dict(),
         "tta": tta,  # five-view test-time augmentation at evaluation
         "total_seconds": time.perf_counter() - t_start,
-        "rows": out_rows,
+        "rows": [summarise_row(row, per_row[row.key]) for row in rows],
         "models": models,
         "note": "Paper numbers: Huang et al. 2022, Table 7, on their own data and at full scale; "
-        "this run: the MedSeg sample, this profile. For teaching only, not a diagnosis.",
+        f"this run: {full.root.name}, this profile. {DISCLAIMER}",
     }
+
+
+def summarise_row(row: AblationRow, runs: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """One row of the result: the row's settings, the mean (and sample std over folds) of each metric, the folds."""
+    entry: dict[str, Any] = {"key": row.key, "label": row.label, "variant": row.variant, "hybrid": row.hybrid,
+                             "paper_dice": row.paper_dice}
+    for metric in ("dice", "iou", "precision", "recall", "boundary_f1", "seconds", "epochs"):
+        vals = np.array([r[metric] for r in runs], dtype=float)
+        entry[metric] = float(vals.mean())
+        if len(runs) > 1:
+            entry[f"{metric}_std"] = float(vals.std(ddof=1))
+    entry["folds"] = list(runs)
+    return entry
 
 
 def ablation_markdown(result: dict[str, Any]) -> str:
     """Table 7 laid out with the paper's Dice beside this run's."""
     k = result["folds"]
-    head = (
-        f"Ablation (paper Table 7), profile `{result['profile']}`, {result['hardware']}, "
-        f"{'mean ± std over ' + str(k) + ' group folds' if k > 1 else 'one group split'}, seed {result['seed']}.\n\n"
-        "| row | paper Dice | this run Dice | IoU | precision | recall | boundary F1 | train s |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-    )
+    head = (f"Ablation (paper Table 7), profile `{result['profile']}`, {result['hardware']}, "
+            f"{'mean ± std over ' + str(k) + ' group folds' if k > 1 else 'one group split'}, seed {result['seed']}.")
 
     def fmt(r: dict[str, Any], m: str) -> str:
         return f"{r[m]:.3f} ± {r[m + '_std']:.3f}" if f"{m}_std" in r else f"{r[m]:.3f}"
 
-    lines = [
-        f"| {r['label']} | {r['paper_dice']:.3f} | {fmt(r, 'dice')} | {fmt(r, 'iou')} | {fmt(r, 'precision')} | "
-        f"{fmt(r, 'recall')} | {fmt(r, 'boundary_f1')} | {r['seconds']:.0f} |"
-        for r in result["rows"]
-    ]
-    return head + "\n".join(lines) + "\n"
+    header = ["row", "paper Dice", "this run Dice", "IoU", "precision", "recall", "boundary F1", "train s"]
+    cells = [[r["label"], f"{r['paper_dice']:.3f}", *(fmt(r, m) for m in ("dice", "iou", "precision", "recall",
+              "boundary_f1")), f"{r['seconds']:.0f}"] for r in result["rows"]]
+    return f"{head}\n\n{markdown_table(header, cells)}\n"

@@ -1,30 +1,64 @@
-"""Benchmarks: the speed of CR-Net's training step against an off-the-shelf U-Net.
+"""Benchmarks (run them with ``crlearn bench model`` and ``crlearn bench ssim``).
 
-``bench_model`` times forward + backward + Adam step of each CR-Net variant (Table 7
-rows) side by side with ``segmentation_models_pytorch.Unet("resnet34")`` when that
-package is installed, and reports achieved GFLOP/s, so that "slower" can be told
-apart from "does more work".
+``bench_model`` times one training step (forward, backward, Adam) of each CR-Net variant (Table 7 rows) side by
+side with ``segmentation_models_pytorch.Unet("resnet34", encoder_weights=None)`` when that package is installed,
+and reports achieved GFLOP/s, so that "slower" can be told apart from "does more work". ``bench_ssim`` times
+forward + backward of crlearn's SSIM loss (§2.7, Eq. 1) against ``pytorch_msssim.ssim`` on the same inputs.
 
-    python -m crlearn.bench model --sizes 128 256 --batch-size 8
+Both interleave the things they compare (A, B, C, A, B, C, ...) and report the median time, so that other load
+on the machine hits every contestant alike. ``segmentation_models_pytorch`` and ``pytorch_msssim`` are optional
+dependencies (``pip install 'crlearn[bench]'``). Measured results are in the README ("Speed") and ``results/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .losses import ssim_loss
 from .model import VARIANTS, CRNet, CRNetConfig
-from .train import pick_device
+from .profiles import pick_device
+from .report import markdown_table
+
+__all__ = ["SMP_LABEL", "bench_model", "bench_ssim", "bench_table"]
 
 SMP_LABEL = "SMP U-Net (ResNet34)"
+TABLE_HEADER = ("model", "size", "params", "step (s)", "GFLOP / step", "GFLOP/s", "time / SMP")
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved_medians(fns: Sequence[Callable[[], None]], device: torch.device, steps: int,
+                         warmup: int) -> list[float]:
+    """Run ``fns`` in turn ``warmup + steps`` times; the median wall time of each one's last ``steps`` runs."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(warmup + steps):
+        for fn, t in zip(fns, times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+# ----------------------------------------------------------------------------- model step
 
 
 def _smp_unet() -> nn.Module | None:
@@ -42,11 +76,6 @@ def _outputs(out: Any) -> list[Tensor]:
     return [out.coarse] if out.final is out.coarse else [out.coarse, out.final]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
                 amp: bool, step: bool = True) -> None:
     opt.zero_grad(set_to_none=True)
@@ -59,7 +88,7 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tens
 
 
 class _Case:
-    """One model at one input size: its optimiser, a fixed batch, FLOPs and step times."""
+    """One model at one input size: its optimiser, a fixed batch and its FLOPs per step."""
 
     def __init__(self, key: str, label: str, model: nn.Module, size: int, batch_size: int,
                  device: torch.device, channels_last: bool):
@@ -74,36 +103,38 @@ class _Case:
         with counter:
             _train_step(self.model, self.opt, self.x, self.y, self.amp, step=False)
         self.flops = float(counter.get_total_flops())
-        self.times: list[float] = []
 
-    def step(self, timed: bool = True) -> None:
-        device = self.x.device
-        _sync(device)
-        t0 = time.perf_counter()
+    def step(self) -> None:
         _train_step(self.model, self.opt, self.x, self.y, self.amp)
-        _sync(device)
-        if timed:
-            self.times.append(time.perf_counter() - t0)
 
 
 def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, steps: int = 3,
                 warmup: int = 1, device: str | torch.device | None = None,
-                variants: Sequence[str] = ("unet", "unet_aspp", "crnet"), width: float = 1.0,
-                verbose: bool = True, channels_last: bool = True) -> list[dict]:
-    """Time one training step (forward, backward, Adam) of each model at each size.
+                variants: Sequence[str] = tuple(VARIANTS), width: float = 1.0,
+                channels_last: bool = True, verbose: bool = True) -> list[dict]:
+    """Time one training step (forward, backward, Adam) of each model at each input size.
 
-    The models' steps are interleaved (model A, B, C, A, B, C, ...) and the median
-    step time is reported, so that other load on the machine hits every model alike.
-    On CUDA the models run under bf16 autocast; ``channels_last`` (default: on, as
-    :func:`crlearn.train.fit` trains on every device) puts every model, SMP's included,
-    and its inputs in that memory layout. FLOPs
-    are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward +
-    backward (convolutions and matmuls; norms, activations and the optimiser are
-    uncounted), so GFLOP/s compares how well each network uses the hardware.
+    Args:
+        sizes: square input sizes in pixels (multiples of 32).
+        batch_size: samples per step (one channel each).
+        steps: timed steps per model and size (median reported); at least 1.
+        warmup: untimed steps first (cuDNN autotuning, allocator); use 3 or more on a GPU.
+        device: e.g. ``"cuda"``; default CUDA if available, else CPU.
+        variants: CR-Net variants (keys of :data:`crlearn.model.VARIANTS`), each at ``width``.
+        width: channel-width multiplier of the CR-Net variants (SMP's U-Net is always full width).
+        channels_last: put every model, SMP's included, and its inputs in that memory layout (as
+            :func:`crlearn.train.fit` trains); ``False``: the standard NCHW layout.
+        verbose: print the table row by row as it is measured.
 
-    Returns one dict per (model, size): model, variant, size, batch_size, device,
-    params, step_s, gflop_per_step, gflops_per_s, ratio_to_smp (step time / SMP's at
-    the same size; None without segmentation_models_pytorch).
+    On CUDA the models run under bf16 autocast with ``torch.backends.cudnn.benchmark`` on, as ``fit`` trains.
+    FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (convolutions
+    and matmuls; norms, activations and the optimiser are uncounted), so GFLOP/s compares how well each network
+    uses the hardware.
+
+    Returns:
+        One dict per (model, size), SMP's first at each size: model, variant (``"smp"`` for SMP's U-Net), size,
+        batch_size, device, params, step_s, gflop_per_step, gflops_per_s, ratio_to_smp (step time / SMP's at the
+        same size; None without segmentation_models_pytorch).
     """
     for v in variants:
         if v not in VARIANTS:
@@ -125,18 +156,15 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     if verbose:
         print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch size: {batch_size}, "
               f"channels_last: {channels_last}")
-        print(format_table([]), flush=True)
+        print(bench_table([]), flush=True)
 
     rows = []
     for size in sizes:
         cases = [_Case(key, label, model, size, batch_size, device, channels_last)
                  for key, (label, model) in models.items()]
-        for i in range(warmup + steps):
-            for case in cases:
-                case.step(timed=i >= warmup)
-        smp_time = statistics.median(cases[0].times) if "smp" in models else None
-        for case in cases:
-            step_s = statistics.median(case.times)
+        medians = _interleaved_medians([c.step for c in cases], device, steps, warmup)
+        smp_time = medians[0] if "smp" in models else None
+        for case, step_s in zip(cases, medians):
             row = {
                 "model": case.label, "variant": case.key, "size": size, "batch_size": batch_size,
                 "device": str(device), "params": sum(p.numel() for p in case.model.parameters()),
@@ -146,45 +174,80 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
             }
             rows.append(row)
             if verbose:
-                print(_format_row(row), flush=True)
+                print(bench_table([row]).splitlines()[-1], flush=True)
         del cases  # free optimiser state and batches before the next size
     return rows
 
 
-def _format_row(r: dict) -> str:
+def _table_cells(r: dict) -> list[str]:
     ratio = "-" if r["ratio_to_smp"] is None else f"{r['ratio_to_smp']:.2f}"
-    return (f"| {r['model']} | {r['size']} | {r['params'] / 1e6:.1f} M | {r['step_s']:.3f} | "
-            f"{r['gflop_per_step']:.1f} | {r['gflops_per_s']:.1f} | {ratio} |")
+    return [r["model"], str(r["size"]), f"{r['params'] / 1e6:.1f} M", f"{r['step_s']:.3f}",
+            f"{r['gflop_per_step']:.1f}", f"{r['gflops_per_s']:.1f}", ratio]
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """A markdown table of ``bench_model`` rows."""
-    head = ("| model | size | params | step (s) | GFLOP / step | GFLOP/s | time / SMP |\n"
-            "|---|---|---|---|---|---|---|")
-    return "\n".join([head] + [_format_row(r) for r in rows])
+def bench_table(rows: Sequence[dict]) -> str:
+    """A markdown table of :func:`bench_model` rows: a header, then one line per row."""
+    return markdown_table(TABLE_HEADER, [_table_cells(r) for r in rows])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m crlearn.bench", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("model", help="training-step speed of CR-Net vs SMP U-Net")
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="memory layout (default: channels_last, as training uses)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.what == "model":
-        bench_model(args.sizes, args.batch_size, args.steps, args.warmup, args.device,
-                    args.variants, args.width, channels_last=args.channels_last)  # prints row by row
+# ----------------------------------------------------------------------------- SSIM loss
 
 
-if __name__ == "__main__":
-    main()
+def bench_ssim(batch_size: int = 8, size: int = 512, repeats: int = 10, warmup: int = 2,
+               device: str | torch.device | None = None, channels: int = 1, verbose: bool = True) -> dict:
+    """Median time of SSIM-loss forward + backward, crlearn's :func:`~crlearn.losses.ssim_loss` vs.
+    ``1 - pytorch_msssim.ssim``.
+
+    Both get the same probabilities (``requires_grad=True``) and binary target, an 11x11 Gaussian window with
+    sigma 1.5 and data range 1. ``pytorch_msssim`` filters in 'valid' mode, crlearn with zero 'same' padding
+    (slightly more pixels).
+
+    Args:
+        batch_size, size, channels: input shape ``[batch_size, channels, size, size]``.
+        repeats: timed runs per implementation (median reported); at least 1.
+        warmup: untimed runs first.
+        device: e.g. ``"cuda"``; default CUDA if available, else CPU.
+        verbose: print a one-line summary.
+
+    Returns:
+        ``{"crlearn_s", "pytorch_msssim_s", "speedup", "shape", "device", "threads"}``;
+        ``speedup`` = pytorch_msssim time / crlearn time (> 1: crlearn is faster).
+
+    Raises:
+        ImportError: without ``pytorch_msssim``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    try:
+        from pytorch_msssim import ssim as msssim_ssim
+    except ImportError as err:
+        raise ImportError("bench_ssim needs pytorch_msssim: pip install 'crlearn[bench]'") from err
+
+    device = pick_device(device)
+    gen = torch.Generator().manual_seed(0)
+    shape = (batch_size, channels, size, size)
+    probs = torch.rand(shape, generator=gen).to(device).requires_grad_(True)
+    target = (torch.rand(shape, generator=gen) > 0.5).float().to(device)
+
+    def ours() -> None:
+        probs.grad = None
+        ssim_loss(probs, target).backward()
+
+    def theirs() -> None:
+        probs.grad = None
+        (1 - msssim_ssim(probs, target, data_range=1.0, win_size=11, win_sigma=1.5)).backward()
+
+    t_ours, t_theirs = _interleaved_medians([ours, theirs], device, repeats, warmup)
+    result = {
+        "crlearn_s": t_ours,
+        "pytorch_msssim_s": t_theirs,
+        "speedup": t_theirs / t_ours,
+        "shape": list(shape),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if verbose:
+        print(f"SSIM loss fwd+bwd {list(shape)} on {device} ({result['threads']} threads), median of {repeats}: "
+              f"crlearn {1e3 * t_ours:.1f} ms | pytorch_msssim {1e3 * t_theirs:.1f} ms | "
+              f"speed-up x{result['speedup']:.2f}")
+    return result

@@ -13,10 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from .arrays import check_positive_int
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -24,24 +21,6 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
-
-
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that routes narrow channels_last CPU inputs through the NCHW kernel.
-
-    Same parameters, buffers and results as ``nn.BatchNorm2d``. Only the speed differs: PyTorch's CPU
-    channels_last batch-norm backward is slow when there are fewer channels than one SIMD vector holds
-    (measured with torch 2.14 on 2 cores, (8, 8, 128, 128): forward+backward 12 ms channels_last vs 6 ms
-    NCHW including both layout copies). Every BN of the network is this class; the quick profile's refinement
-    module (8 channels) hits that case.
-    """
-
-    narrow: int = 16  # below this many channels, use the NCHW kernel on CPU
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and self.num_features < self.narrow and _memory_format(x) is torch.channels_last:
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -60,13 +39,13 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, dilation: int = 1):
         for name, value in (("in_ch", in_ch), ("out_ch", out_ch),
                             ("kernel_size", kernel_size), ("dilation", dilation)):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd to keep the size, got {kernel_size}")
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation, bias=False),
-            BatchNorm2d(out_ch),
+            nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
         )
 
@@ -89,8 +68,8 @@ class SEBlock(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        _check_positive_int("channels", channels)
-        _check_positive_int("reduction", reduction)
+        check_positive_int("channels", channels)
+        check_positive_int("reduction", reduction)
         squeeze = max(1, channels // reduction)
         self.fc1 = nn.Conv2d(channels, squeeze, 1)
         self.fc2 = nn.Conv2d(squeeze, channels, 1)
@@ -120,21 +99,21 @@ class SEBasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("out_channels", out_channels)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(out_channels)
+        self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = BatchNorm2d(out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
         self.se = SEBlock(out_channels, reduction)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                BatchNorm2d(out_channels),
+                nn.BatchNorm2d(out_channels),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -170,14 +149,14 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 64,
                  rates: tuple[int, ...] = (3, 6, 9), branch_channels: int = 64):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("out_channels", out_channels)
-        _check_positive_int("branch_channels", branch_channels)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        check_positive_int("branch_channels", branch_channels)
         rates = tuple(rates)
         if not rates:
             raise ValueError("rates must name at least one atrous rate, got ()")
         for r in rates:
-            _check_positive_int("each atrous rate", r)
+            check_positive_int("each atrous rate", r)
         self.branches = nn.ModuleList(
             [ConvBNReLU(in_channels, branch_channels, kernel_size=1)]
             + [ConvBNReLU(in_channels, branch_channels, 3, dilation=r) for r in rates]
@@ -206,8 +185,8 @@ def receptive_field(kernel_size: int, dilation: int = 1) -> int:
 
     A 3x3 kernel at rate r covers ``2r + 1`` pixels (Huang et al. 2022, §2.5: rates 3, 6, 9 -> 7, 13, 19).
     """
-    _check_positive_int("kernel_size", kernel_size)
-    _check_positive_int("dilation", dilation)
+    check_positive_int("kernel_size", kernel_size)
+    check_positive_int("dilation", dilation)
     return dilation * (kernel_size - 1) + 1
 
 

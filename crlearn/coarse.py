@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ASPP, ConvBNReLU, _check_positive_int
+from .arrays import check_positive_int
+from .blocks import ASPP, ConvBNReLU
 from .encoder import SEResNet34Encoder, init_weights
 
 
@@ -32,7 +33,7 @@ class DecoderStage(nn.Module):
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, num_convs: int = 3):
         super().__init__()
-        _check_positive_int("num_convs", num_convs)
+        check_positive_int("num_convs", num_convs)
         convs = [ConvBNReLU(in_channels + skip_channels, out_channels)]
         convs += [ConvBNReLU(out_channels, out_channels) for _ in range(num_convs - 1)]
         self.convs = nn.Sequential(*convs)
@@ -74,7 +75,7 @@ class CoarseModule(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, width: float = 1.0,
                  use_aspp: bool = True, aspp_channels: int = 64, reduction: int = 16):
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("num_classes", num_classes)
         self.encoder = SEResNet34Encoder(in_channels, width, reduction)
         c0, c1, c2, c3, c4 = self.encoder.out_channels
         self.bridge = ASPP(c4, c4, branch_channels=aspp_channels) if use_aspp else nn.Identity()

@@ -1,25 +1,34 @@
 """CT slices and lesion masks from a PNG folder, the paper's x5 augmentation and patient-level splits.
 
-Huang et al. 2022, §2.1-2.3 (data, pre-processing, augmentation) and §3.1 (70/10/20 split, five folds).
+Huang et al. 2022, §2.2 (data; 70/10/20 patient-level split, five folds) and §2.3 (augmentation).
 
-Folder format (the format of ``data_sample/``; any folder laid out like it works the same)::
+Folder format (each data set under ``data_sample/`` has it, e.g. ``data_sample/medseg_covid100``; any folder laid
+out like it works the same)::
 
     ROOT/images/NAME.png   8-bit (or 16-bit) grayscale slice
     ROOT/masks/NAME.png    same size; one integer label per pixel (0 = background)
     ROOT/index.csv         optional; a ``slice_id`` (or ``name``) column and a group column
-                           (``pseudo_patient_group``, ``patient_id``, ``patient`` or ``group``)
+                           (``pseudo_patient_group``, ``patient_id``, ``patient``, ``volume`` or ``group``)
+    ROOT/labels.json       optional; class name -> mask value, or list of mask values, e.g.
+                           ``{"background": 0, "lung": [1, 2], "infection": 2}``
+
+In ``labels.json`` a plain integer is exactly that one mask value; a list makes the class the union of its values
+(classes may overlap: the channels are multi-label). ``background`` may only be 0 and is not a class; no other
+class may cover 0. Without ``labels.json`` the folder is read with MedSeg's labels (:data:`MEDSEG_LABELS`).
 
 Every problem with the input raises :class:`DataError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import json
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,24 +37,30 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-# Label values of MedSeg COVID-19 "dataset 1" (data_sample/README.md). The paper's third class is fibrosis,
-# which this data does not have: pleural effusion takes its place.
+# Label values of MedSeg COVID-19 "dataset 1" (data_sample/medseg_covid100/README.md). The paper's third class is
+# fibrosis, which this data does not have: pleural effusion takes its place.
 MEDSEG_LABELS: dict[str, int] = {"ggo": 1, "consolidation": 2, "effusion": 3}
 DEFAULT_CLASSES: tuple[str, ...] = tuple(MEDSEG_LABELS)
 MERGED_CLASS = "infection"  # the single class of the paper's ablation (Table 7)
-GROUP_COLUMNS = ("pseudo_patient_group", "patient_id", "patient", "group")
+BACKGROUND = "background"  # the name labels.json may give to value 0; never a class
+MAX_MASK_VALUE = 255  # masks are read as uint8
+GROUP_COLUMNS = ("pseudo_patient_group", "patient_id", "patient", "volume", "group")
 NAME_COLUMNS = ("slice_id", "name", "file")
 # The paper's x5 augmentation (§2.3): each slice as-is, rotated by 90/180/270 degrees, and flipped horizontally.
 AUGMENTATIONS: tuple[str, ...] = ("identity", "rot90", "rot180", "rot270", "hflip")
 
 
+DEFAULT_DATA = "data_sample/medseg_covid100"  # one folder per data set under data_sample/
+
+
 def default_data_dir() -> Path:
-    """The bundled sample: ``$CRLEARN_DATA`` if set, else ``data_sample/`` beside the package, else ``./data_sample``."""
+    """The bundled MedSeg set: ``$CRLEARN_DATA`` if set, else ``data_sample/medseg_covid100`` beside the package,
+    else ``./data_sample/medseg_covid100``."""
     env = os.environ.get("CRLEARN_DATA")
     if env:
         return Path(env)
-    beside = Path(__file__).resolve().parents[1] / "data_sample"
-    return beside if beside.is_dir() else Path("data_sample")
+    beside = Path(__file__).resolve().parents[1] / DEFAULT_DATA
+    return beside if beside.is_dir() else Path(DEFAULT_DATA)
 
 
 class DataError(ValueError):
@@ -176,28 +191,107 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[SliceRecor
     return records
 
 
+LabelValues = dict[str, tuple[int, ...]]  # class name -> the mask values it covers
+
+
+def _is_value(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_MASK_VALUE
+
+
+def check_labels(raw: object, where: str) -> LabelValues:
+    """Validate a class name -> mask value(s) mapping (the content of a ``labels.json``) and normalise it.
+
+    A value is an integer in ``0..255`` (that one mask value) or a non-empty list of them (the union). The
+    ``background`` entry must be 0 and is dropped; no other class may cover 0. ``where`` (a file, or "labels")
+    starts every :class:`DataError` message.
+    """
+    if not isinstance(raw, Mapping):
+        raise DataError(f"{where}: expected an object mapping class name -> mask value(s), got {type(raw).__name__}")
+    out: LabelValues = {}
+    for name, value in raw.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: class name {name!r} is not a non-empty string")
+        if not values or not all(_is_value(v) for v in values):
+            raise DataError(
+                f"{where}: class {name!r} has value {value!r}; expected an integer 0..{MAX_MASK_VALUE} "
+                "or a non-empty list of them"
+            )
+        if name == BACKGROUND:
+            if list(values) != [0]:
+                raise DataError(f"{where}: {BACKGROUND!r} must be 0, got {value!r}")
+            continue
+        if 0 in values:
+            raise DataError(f"{where}: class {name!r} covers value 0, which is background")
+        out[name] = tuple(sorted(set(values)))
+    if not out:
+        raise DataError(f"{where}: declares no class besides {BACKGROUND!r}")
+    return out
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"class name(s) {repeated} given more than once")
+    return dict(pairs)
+
+
+def _medseg_values() -> LabelValues:
+    """MedSeg's labels in :func:`read_labels`'s form (what a folder without ``labels.json`` gets)."""
+    return {name: (value,) for name, value in MEDSEG_LABELS.items()}
+
+
+def read_labels(root: str | Path) -> LabelValues:
+    """Class name -> mask values of a data folder, from ``root/labels.json`` (see the module docstring).
+
+    Without that file the folder is read with MedSeg's labels (ggo 1, consolidation 2, effusion 3). Bad JSON or
+    a bad mapping raises :class:`DataError` naming the file.
+    """
+    path = Path(root) / "labels.json"
+    if not path.is_file():
+        return _medseg_values()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_repeated_keys)
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    return check_labels(raw, str(path))
+
+
 def resolve_classes(
-    classes: Sequence[str] | None = None, merge: bool = False, labels: dict[str, int] | None = None
+    classes: Sequence[str] | None = None,
+    merge: bool = False,
+    labels: dict[str, int] | dict[str, Sequence[int]] | None = None,
 ) -> tuple[list[str], list[tuple[int, ...]]]:
     """Output channel names and, for each channel, the label values it covers.
 
-    ``classes`` selects a subset of ``labels`` (default: all of MedSeg's GGO, consolidation, effusion);
-    ``merge=True`` unites them into one ``infection`` channel (the paper's ablation setting, Table 7).
+    ``labels`` maps class name -> mask value or values (default MedSeg's GGO, consolidation, effusion; see
+    :func:`read_labels`). ``classes`` selects some of them (default all); ``merge=True`` unites them into one
+    ``infection`` channel covering the union of their values (the paper's ablation setting, Table 7).
+    ``classes=["infection"]`` means the same merge, unless ``labels`` declares a class named ``infection``: then
+    it selects that class, and merging other classes under that name is refused.
     """
-    labels = dict(MEDSEG_LABELS if labels is None else labels)
-    chosen = list(labels) if classes is None else list(classes)
+    values = _medseg_values() if labels is None else check_labels(labels, "labels")
+    chosen = list(values) if classes is None else list(classes)
     if not chosen:
         raise DataError("no classes selected")
-    if chosen == [MERGED_CLASS]:
-        chosen, merge = list(labels), True
-    unknown = [c for c in chosen if c not in labels]
+    declared = MERGED_CLASS in values
+    if chosen == [MERGED_CLASS] and not declared:
+        chosen, merge = list(values), True
+    unknown = [c for c in chosen if c not in values]
     if unknown:
-        raise DataError(f"unknown class name(s) {unknown}; known classes: {list(labels)} (or '{MERGED_CLASS}')")
+        extra = "" if declared else f" (or '{MERGED_CLASS}')"
+        raise DataError(f"unknown class name(s) {unknown}; known classes: {list(values)}{extra}")
     if len(set(chosen)) != len(chosen):
         raise DataError(f"class names repeated: {chosen}")
+    if merge and declared and chosen != [MERGED_CLASS]:
+        raise DataError(
+            f"merging {chosen} would name the union '{MERGED_CLASS}', but the labels declare a class of that name "
+            f"(values {list(values[MERGED_CLASS])}); select classes=['{MERGED_CLASS}'] instead, or do not merge"
+        )
     if merge:
-        return [MERGED_CLASS], [tuple(labels[c] for c in chosen)]
-    return chosen, [(labels[c],) for c in chosen]
+        return [MERGED_CLASS], [tuple(sorted({v for c in chosen for v in values[c]}))]
+    return chosen, [values[c] for c in chosen]
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -226,19 +320,34 @@ def augment_pair(image: torch.Tensor, mask: torch.Tensor, kind: str) -> tuple[to
     return apply_view(image, kind), apply_view(mask, kind)
 
 
+def _resize_slice(image: torch.Tensor, label: torch.Tensor, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One slice ``(1,H,W)`` float and its label map ``(H,W)`` uint8 to ``size x size``: the image bilinear with
+    antialias (clamped to [0, 1]), the label map nearest (label values never mix). ``None`` or the same size: as is.
+    The only resize of the data pipeline, used at construction and by :meth:`SegmentationDataset.subset`."""
+    if size is None or tuple(image.shape[-2:]) == (size, size):
+        return image, label
+    image = TF.resize(image, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True).clamp_(0, 1)
+    label = TF.resize(tv_tensors.Mask(label[None]), [size, size]).as_subclass(torch.Tensor)[0]  # nearest
+    return image, label
+
+
 class SegmentationDataset(Dataset):
     """Slices of a PNG folder as ``(image [1,S,S] float in [0,1], mask [C,S,S] float {0,1})``.
 
     Args:
-        root: the data folder (images/, masks/, optional index.csv).
-        classes: lesion classes to segment, one output channel each (default GGO, consolidation, effusion).
+        root: the data folder (images/, masks/, optional index.csv and labels.json).
+        classes: classes to segment, one output channel each (default: every class of the labels).
         merge: unite the chosen classes into one ``infection`` channel (the paper's Table 7 setting).
-        size: side of the square output (image bilinear with antialias, mask nearest); ``None`` keeps 512.
+        size: side of the square output (image bilinear with antialias, mask nearest); ``None`` keeps the
+            slices' own size, which must then be the same for all.
         augment: the paper's x5 augmentation: each slice appears five times (identity, rot90/180/270, hflip).
         indices: restrict to these slice indices (a split); ``None`` takes all.
-        labels: class name -> label value in the masks (default MedSeg's ggo=1, consolidation=2, effusion=3).
+        labels: class name -> mask value or list of values; ``None`` reads the folder's ``labels.json``
+            (:func:`read_labels`; MedSeg's ggo=1, consolidation=2, effusion=3 without one).
 
-    Slices are read, checked and resized once, at construction; ``__getitem__`` only augments.
+    Slices are read, checked and resized once, at construction; ``__getitem__`` only augments. To split one data
+    set several ways without reading it again, build it once with ``size=None`` and take its parts with
+    :meth:`subset`.
     """
 
     def __init__(
@@ -249,24 +358,20 @@ class SegmentationDataset(Dataset):
         size: int | None = None,
         augment: bool = False,
         indices: Sequence[int] | None = None,
-        labels: dict[str, int] | None = None,
+        labels: dict[str, int] | dict[str, Sequence[int]] | None = None,
     ) -> None:
         self.root = Path(root)
-        self.class_names, self._channel_labels = resolve_classes(classes, merge, labels)
-        self.max_label = max(MEDSEG_LABELS.values() if labels is None else labels.values())
+        self.label_values = read_labels(self.root) if labels is None else check_labels(labels, "labels")
+        self.class_names, self._channel_labels = resolve_classes(classes, merge, self.label_values)
+        self.max_label = max(v for vals in self.label_values.values() for v in vals)
         all_records = scan_folder(self.root)
         self.records = [all_records[i] for i in indices] if indices is not None else all_records
         self.size = size
         self.augment = augment
-        images, masks = [], []
-        for rec in self.records:
-            img, lab = self._load(rec)
-            images.append(img)
-            masks.append(lab)
-        self.images = torch.stack(images) if images else torch.empty(0)  # (N, 1, S, S) float32
-        self.labels = torch.stack(masks) if masks else torch.empty(0)  # (N, S, S) uint8 label map
+        self._store(self._read(rec) for rec in self.records)
 
-    def _load(self, rec: SliceRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, rec: SliceRecord) -> tuple[torch.Tensor, torch.Tensor]:
+        """One slice at its own size: image ``(1,H,W)`` float32, label map ``(H,W)`` uint8, checked."""
         image = read_image(rec.image_path)
         label = read_mask(rec.mask_path, self.max_label)
         if image.shape != label.shape:
@@ -274,21 +379,47 @@ class SegmentationDataset(Dataset):
                 f"{rec.mask_path}: mask size {label.shape[1]}x{label.shape[0]} does not match "
                 f"image {rec.image_path.name} size {image.shape[1]}x{image.shape[0]}"
             )
-        if self.size is None and self.records and rec is not self.records[0]:
-            first = self.images_shape
-            if image.shape != first:
+        return torch.from_numpy(image)[None].clamp_(0, 1), torch.from_numpy(label)
+
+    def _store(self, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Resize (image, label map) pairs to ``self.size`` and stack them into ``self.images`` / ``self.labels``;
+        with ``size=None`` every slice must have the first one's size."""
+        images, labels = [], []
+        for rec, (image, label) in zip(self.records, pairs):
+            if self.size is None and images and image.shape != images[0].shape:
+                h, w = image.shape[-2:]
+                h0, w0 = images[0].shape[-2:]
                 raise DataError(
-                    f"{rec.image_path}: image size {image.shape[1]}x{image.shape[0]} differs from the first slice's "
-                    f"{first[1]}x{first[0]}; pass size= to resize every slice to one size"
+                    f"{rec.image_path}: image size {w}x{h} differs from the first slice's "
+                    f"{w0}x{h0}; pass size= to resize every slice to one size"
                 )
-        else:
-            self.images_shape = image.shape
-        img_t = torch.from_numpy(image)[None]  # (1, H, W)
-        lab_t = torch.from_numpy(label)[None]  # (1, H, W)
-        if self.size is not None and tuple(img_t.shape[-2:]) != (self.size, self.size):
-            img_t = TF.resize(img_t, [self.size, self.size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-            lab_t = TF.resize(tv_tensors.Mask(lab_t), [self.size, self.size]).as_subclass(torch.Tensor)  # nearest
-        return img_t.clamp_(0, 1), lab_t[0]
+            image, label = _resize_slice(image, label, self.size)
+            images.append(image)
+            labels.append(label)
+        self.images = torch.stack(images) if images else torch.empty(0)  # (N, 1, S, S) float32
+        self.labels = torch.stack(labels) if labels else torch.empty(0)  # (N, S, S) uint8 label map
+
+    def subset(self, indices: Sequence[int], size: int | None = None, augment: bool = False) -> SegmentationDataset:
+        """The slices at ``indices`` as a new dataset, from memory (no file is read again).
+
+        Same classes and labels as this one. ``size`` resizes exactly as construction does, so
+        ``full.subset(idx, size=S, augment=a)`` equals ``SegmentationDataset(root, size=S, augment=a,
+        indices=idx)`` tensor for tensor when ``full`` was built with ``size=None``. ``size=None`` keeps this
+        dataset's size. Resizing an already resized dataset to another size is refused (it would resample twice).
+        """
+        if self.size is not None and size is not None and size != self.size:
+            raise ValueError(
+                f"subset(size={size}) of a dataset already resized to {self.size}: build the full dataset with "
+                "size=None (the original resolution) and resize in subset()"
+            )
+        idx = [int(i) for i in indices]
+        out = copy.copy(self)
+        out.class_names, out._channel_labels = list(self.class_names), list(self._channel_labels)
+        out.records = [self.records[i] for i in idx]
+        out.size = self.size if size is None else size
+        out.augment = augment
+        out._store((self.images[i], self.labels[i]) for i in idx)
+        return out
 
     def one_hot(self, label: torch.Tensor) -> torch.Tensor:
         """Label map ``(..., H, W)`` -> multi-label mask ``(..., C, H, W)`` float, one channel per class."""
@@ -315,60 +446,3 @@ class SegmentationDataset(Dataset):
         if self.augment:
             image, mask = augment_pair(image, mask, AUGMENTATIONS[view])
         return image, mask
-
-
-# ----------------------------------------------------------------------------- patient-level splits
-
-
-def assign_groups(groups: Sequence[str], fractions: Sequence[float], seed: int = 0) -> list[list[int]]:
-    """Deal whole groups into parts of (about) the given slice fractions; returns sorted slice indices per part.
-
-    Groups are shuffled with ``seed`` and, biggest first (ties in shuffled order), each goes whole to the part
-    furthest below its target number of slices. No group ever lies in two parts, and the slice fractions land
-    close to the targets even when groups differ much in size (the sample's largest pseudo-patient has 16 slices).
-    """
-    uniq = sorted(set(groups))
-    open_parts = [k for k, f in enumerate(fractions) if f > 0]
-    if len(uniq) < len(open_parts):
-        raise ValueError(f"need at least one group per part, got {len(uniq)} groups for {len(open_parts)} parts")
-    size = {g: 0 for g in uniq}
-    for g in groups:
-        size[g] += 1
-    target = [f * len(groups) for f in fractions]
-    have = [0] * len(fractions)
-    part: dict[str, int] = {}
-    shuffled = [uniq[k] for k in np.random.default_rng(seed).permutation(len(uniq))]
-    for g in sorted(shuffled, key=lambda g: -size[g]):
-        k = max(open_parts, key=lambda p: (target[p] - have[p]) / target[p])
-        part[g] = k
-        have[k] += size[g]
-    return [[i for i, g in enumerate(groups) if part[g] == k] for k in range(len(fractions))]
-
-
-def split_by_group(
-    groups: Sequence[str], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
-) -> dict[str, list[int]]:
-    """Patient-level train/val/test split (paper §3.1: 70/10/20), deterministic for a seed; see :func:`assign_groups`."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    train, val, test = assign_groups(groups, fractions, seed)
-    return {"train": train, "val": val, "test": test}
-
-
-def group_folds(
-    groups: Sequence[str], n_folds: int = 5, seed: int = 0, val_fraction: float = 0.125
-) -> list[dict[str, list[int]]]:
-    """K-fold cross-validation by patient group (paper §3.1: five folds), deterministic for a seed.
-
-    The groups are dealt into ``n_folds`` group-disjoint parts of about equal slice count; fold k tests on part k
-    and splits the rest again by group into train and validation (``val_fraction``, for early stopping).
-    """
-    if n_folds < 2:
-        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
-    parts = assign_groups(groups, [1.0 / n_folds] * n_folds, seed)
-    folds = []
-    for k, test in enumerate(parts):
-        rest = [i for i in range(len(groups)) if i not in set(test)]
-        inner = assign_groups([groups[i] for i in rest], (1 - val_fraction, val_fraction), seed + k + 1)
-        folds.append({"train": [rest[i] for i in inner[0]], "val": [rest[i] for i in inner[1]], "test": test})
-    return folds

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import BatchNorm2d, SEBasicBlock, _check_positive_int
+from .arrays import check_positive_int
+from .blocks import SEBasicBlock
 
 STAGE_BLOCKS = (3, 4, 6, 3)  # basic blocks per stage in ResNet-34
 STAGE_WIDTHS = (64, 128, 256, 512)  # channels per stage at width 1.0
@@ -44,12 +45,12 @@ class SEResNet34Encoder(nn.Module):
 
     def __init__(self, in_channels: int = 1, width: float = 1.0, reduction: int = 16):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
+        check_positive_int("in_channels", in_channels)
         self.out_channels: tuple[int, ...] = scaled_widths(width)
         c0 = self.out_channels[0]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c0, 7, stride=2, padding=3, bias=False),
-            BatchNorm2d(c0),
+            nn.BatchNorm2d(c0),
             nn.ReLU(inplace=True),
         )
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -88,7 +89,7 @@ class EncoderClassifier(nn.Module):
 
     def __init__(self, encoder: SEResNet34Encoder, num_classes: int = 2, freeze_encoder: bool = True):
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("num_classes", num_classes)
         self.encoder = encoder
         self.head = nn.Linear(encoder.out_channels[-1], num_classes)
         self.encoder_frozen = False

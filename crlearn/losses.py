@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arrays import check_same_shape
+
 __all__ = [
     "bce_loss",
     "ssim",
@@ -60,15 +62,6 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 def _no_autocast(t: Tensor):
     """A context that turns autocast off on ``t``'s device (conv2d would otherwise run in bf16/fp16)."""
     return torch.autocast(device_type=t.device.type, enabled=False)
-
-
-def _check_pair(x: Tensor, y: Tensor, name_x: str, name_y: str) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"{name_x} must be [B, C, H, W], got shape {tuple(x.shape)}")
-    if x.shape != y.shape:
-        raise ValueError(
-            f"{name_x} and {name_y} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
 
 
 def _gaussian_1d(window_size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -107,7 +100,7 @@ def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
         logits: ``[B, C, H, W]`` raw network outputs.
         target: ``[B, C, H, W]`` binary masks (any dtype).
     """
-    _check_pair(logits, target, "logits", "target")
+    check_same_shape(logits, target, "logits", "target")
     dtype = _compute_dtype(logits)
     with _no_autocast(logits):
         return F.binary_cross_entropy_with_logits(logits.to(dtype), target.to(dtype))
@@ -147,7 +140,7 @@ def ssim(
     Returns:
         SSIM in float32 (float64 for float64 inputs), shaped by ``reduction``.
     """
-    _check_pair(x, y, "x", "y")
+    check_same_shape(x, y, "x", "y")
     if window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd integer, got {window_size}")
     if sigma <= 0:
@@ -212,7 +205,7 @@ def iou_loss(probs: Tensor, target: Tensor, eps: float = 1.0, reduction: str = "
         eps: smoothing in pixels, > 0. Default 1.
         reduction: ``"mean"`` -> scalar; ``"none"`` -> ``[B, C]``.
     """
-    _check_pair(probs, target, "probs", "target")
+    check_same_shape(probs, target, "probs", "target")
     if eps <= 0:
         raise ValueError(f"eps must be positive so an empty mask gives a finite loss, got {eps}")
     if reduction not in _LOSS_REDUCTIONS:
@@ -250,7 +243,7 @@ def hybrid_loss(
     Returns:
         float32 loss (float64 for float64 logits), also under autocast.
     """
-    _check_pair(logits, target, "logits", "target")
+    check_same_shape(logits, target, "logits", "target")
     if reduction not in _LOSS_REDUCTIONS:
         raise ValueError(f"reduction must be one of {_LOSS_REDUCTIONS}, got {reduction!r}")
     dtype = _compute_dtype(logits)
@@ -279,7 +272,7 @@ def loss_maps(logits: Tensor, target: Tensor, eps: float = 1.0) -> dict[str, Ten
 
     Returned maps are detached from the graph.
     """
-    _check_pair(logits, target, "logits", "target")
+    check_same_shape(logits, target, "logits", "target")
     dtype = _compute_dtype(logits)
     with torch.no_grad(), _no_autocast(logits):
         logits, target = logits.to(dtype), target.to(dtype)

@@ -1,4 +1,4 @@
-"""Segmentation and classification metrics (§2.8, Eq. 2-9).
+"""Segmentation metrics (§3.2, Eq. 2-9) and the classifier's metrics (§2.8).
 
 Segmentation metrics are computed per class channel from pixel counts on binary
 masks ``[B, C, H, W]`` (one channel per class, each a yes/no mask):
@@ -38,6 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .arrays import as_bool_mask, check_same_shape
+from .report import markdown_table
+
 __all__ = [
     "binarize",
     "confusion_counts",
@@ -67,22 +70,10 @@ def binarize(probs: Tensor, threshold: float = 0.5) -> Tensor:
     return probs >= threshold
 
 
-def _as_mask(t: Tensor, name: str) -> Tensor:
-    """Check a ``[B, C, H, W]`` mask is bool or holds only {0, 1}; return it as bool."""
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be [B, C, H, W], got shape {tuple(t.shape)}")
-    if t.dtype == torch.bool:
-        return t
-    if not bool(((t == 0) | (t == 1)).all()):
-        raise ValueError(f"{name} must be bool or hold only 0 and 1; threshold probabilities with binarize()")
-    return t != 0
-
-
 def _check_pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    pred, target = _as_mask(pred, "pred"), _as_mask(target, "target")
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    return pred, target
+    """Check two ``[B, C, H, W]`` masks of one shape, each bool or {0, 1}; return both as bool."""
+    check_same_shape(pred, target, "pred", "target")
+    return as_bool_mask(pred, "pred"), as_bool_mask(target, "target")
 
 
 # --------------------------------------------------------------------------- counts and ratios (Eq. 2-9)
@@ -136,7 +127,7 @@ def _shift_reduce(mask: Tensor, radius: int, op: str) -> Tensor:
     """OR (dilation) or AND (erosion) of ``mask`` with its shifts by up to ``radius`` pixels along
     H and then W, i.e. over a (2 radius + 1)^2 square. Pixels outside the image are ignored.
 
-    Separable and on bool tensors: much faster on CPU than ``max_pool2d`` on floats.
+    Separable (one pass along H, one along W) and on bool tensors, with no float conversion.
     """
     out = mask
     for dim in (2, 3):
@@ -167,7 +158,8 @@ def _dilate(mask: Tensor, radius: int) -> Tensor:
 def boundary(mask: Tensor) -> Tensor:
     """Boundary pixels of a ``[B, C, H, W]`` mask: foreground pixels with a background
     8-neighbour (``mask & ~erode(mask)``), as bool."""
-    mask = _as_mask(mask, "mask")
+    check_same_shape(mask, mask, "mask", "mask")  # [B, C, H, W]
+    mask = as_bool_mask(mask, "mask")
     return mask & ~_erode(mask)
 
 
@@ -248,7 +240,7 @@ def hd95(pred: Tensor, target: Tensor) -> Tensor:
 
 
 class SegmentationMeter:
-    """Accumulates segmentation metrics over an evaluation set (§2.8, Eq. 2-9, Table 4).
+    """Accumulates segmentation metrics over an evaluation set (§3.2, Eq. 2-9, Table 4).
 
     Keeps per-slice counts (a few int64 per slice and class), so ``compute`` gives
     both pooled and per-slice-mean metrics. See the module docstring for the
@@ -402,11 +394,10 @@ def format_table(
     """
     rows = metrics[summary] if summary in metrics and isinstance(metrics[summary], Mapping) else metrics
     scale = 100.0 if percent else 1.0
-    header = "| Class | " + " | ".join(_HEADERS.get(c, c) + (" (%)" if percent else "") for c in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 1)]
-    for name, scores in rows.items():
-        if not isinstance(scores, Mapping):
-            continue  # e.g. "n_slices"
-        cells = [f"{scale * float(scores[c]):.{digits}f}" if c in scores else "-" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = ["Class"] + [_HEADERS.get(c, c) + (" (%)" if percent else "") for c in columns]
+    body = [
+        [name] + [f"{scale * float(scores[c]):.{digits}f}" if c in scores else "-" for c in columns]
+        for name, scores in rows.items()
+        if isinstance(scores, Mapping)  # skips e.g. "n_slices"
+    ]
+    return markdown_table(header, body)

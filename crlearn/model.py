@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .arrays import check_positive_int
 from .coarse import CoarseModule
 from .encoder import scaled_widths
 from .refine import RefineModule
@@ -47,9 +48,7 @@ class CRNetConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
         for name in ("in_channels", "num_classes", "aspp_channels", "refine_channels", "reduction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         scaled_widths(self.width)  # raises ValueError unless width > 0
         if not 0.0 < self.prior < 1.0:
             raise ValueError(f"prior must lie in (0, 1), got {self.prior!r}")

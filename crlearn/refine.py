@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ASPP, ConvBNReLU, _check_positive_int
+from .arrays import check_positive_int
+from .blocks import ASPP, ConvBNReLU
 from .coarse import upsample_like
 from .encoder import init_weights
 
@@ -37,8 +38,8 @@ class RefineModule(nn.Module):
 
     def __init__(self, num_classes: int = 1, channels: int = 64, use_aspp: bool = True):
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("channels", channels)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("channels", channels)
         c = channels
         self.conv_in = nn.Conv2d(num_classes, c, 3, padding=1)
         self.enc = nn.ModuleList(ConvBNReLU(c, c) for _ in range(4))

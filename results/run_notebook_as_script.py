@@ -11,7 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+if len(sys.argv) < 3:
+    sys.exit(f"usage: python {sys.argv[0]} NOTEBOOK OUT_DIR [\"old=>new\" ...]")
 nb_path, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
 subs = [tuple(s.split("=>", 1)) for s in sys.argv[3:]]
 class Markdown(str):
     pass
@@ -23,7 +26,8 @@ def show(*a, **k):
     plt.close("all")
 plt.show = show
 ns = {"__name__": "__main__", "Markdown": Markdown, "display": lambda *a, **k: print(*a)}
-nb = json.load(open(nb_path))
+with open(nb_path, encoding="utf-8") as f:
+    nb = json.load(f)
 for i, c in enumerate(nb["cells"]):
     if c["cell_type"] != "code":
         continue

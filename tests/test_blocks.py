@@ -1,21 +1,90 @@
 """Building blocks and the SE-ResNet-34 encoder (crlearn.blocks, crlearn.encoder)."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet34
+from torchvision.models.resnet import BasicBlock
 from torchvision.ops import SqueezeExcitation
 
-from crlearn.blocks import ASPP, BatchNorm2d, ConvBNReLU, SEBasicBlock, SEBlock
-from crlearn.encoder import EncoderClassifier, SEResNet34Encoder
+from crlearn.blocks import ASPP, ConvBNReLU, SEBasicBlock, SEBlock
+from crlearn.encoder import STAGE_BLOCKS, EncoderClassifier, SEResNet34Encoder, scaled_widths
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+# --------------------------------------------------------------------------- references
+
+
+def _randomise_batchnorm(module: nn.Module) -> None:
+    """Non-trivial affine parameters and running statistics, so that eval-mode BN is not the identity."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+
+
+def _se_after_bn2(block: BasicBlock, channels: int, reduction: int = 16) -> BasicBlock:
+    """torchvision's BasicBlock with a torchvision SqueezeExcitation on the residual branch, after bn2."""
+    block.bn2 = nn.Sequential(block.bn2, SqueezeExcitation(channels, max(1, channels // reduction)))
+    return block
+
+
+def _torchvision_state(ours: dict) -> dict:
+    """Our state dict under the names of torchvision's ResNet with ``_se_after_bn2`` blocks."""
+    renames = [(r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."),
+               (r"(^|\.)bn2\.", r"\1bn2.0."), (r"(^|\.)se\.", r"\1bn2.1.")]
+    out = {}
+    for key, value in ours.items():
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+# Parameter counts from the architecture (conv k*k*c_in*c_out without bias, BN 2c, SE two 1x1 convs with bias).
+def _conv(k, c_in, c_out):
+    return k * k * c_in * c_out
+
+
+def _bn(c):
+    return 2 * c
+
+
+def _se(c, reduction=16):
+    squeeze = max(1, c // reduction)
+    return (c * squeeze + squeeze) + (squeeze * c + c)
+
+
+def _se_basic_block(c_in, c_out, stride):
+    n = _conv(3, c_in, c_out) + _bn(c_out) + _conv(3, c_out, c_out) + _bn(c_out) + _se(c_out)
+    if stride != 1 or c_in != c_out:
+        n += _conv(1, c_in, c_out) + _bn(c_out)  # projection shortcut
+    return n
+
+
+def _se_resnet34(in_channels, width):
+    c0, *stages = scaled_widths(width)
+    n, c_in = _conv(7, in_channels, c0) + _bn(c0), c0
+    for blocks, c_out, stride in zip(STAGE_BLOCKS, stages, (1, 2, 2, 2)):
+        n += _se_basic_block(c_in, c_out, stride) + (blocks - 1) * _se_basic_block(c_out, c_out, 1)
+        c_in = c_out
+    return n
+
+
+def _aspp(c_in, c_out, rates, branch):
+    n = _conv(1, c_in, branch) + _bn(branch)  # 1x1 branch
+    n += len(rates) * (_conv(3, c_in, branch) + _bn(branch))  # atrous branches
+    n += c_in * branch + branch  # image pooling: 1x1 conv with bias, no BN
+    return n + _conv(1, (len(rates) + 2) * branch, c_out) + _bn(c_out)  # projection
+
+
+def _num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (1, 1), (3, 6), (5, 2)])
@@ -52,16 +121,28 @@ def test_se_block_rejects_invalid_arguments():
         SEBlock(16, reduction=0)
 
 
-def test_se_basic_block_downsamples_with_a_projection_shortcut():
-    block = SEBasicBlock(16, 32, stride=2)
-    assert isinstance(block.downsample, nn.Sequential)
-    assert block(torch.randn(2, 16, 16, 16)).shape == (2, 32, 8, 8)
+@pytest.mark.parametrize("c_in,c_out,stride", [(16, 32, 2), (16, 16, 1), (16, 32, 1), (32, 32, 2)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_se_basic_block_equals_torchvision_basic_block_with_se(c_in, c_out, stride, mode):
+    ours = SEBasicBlock(c_in, c_out, stride)
+    _randomise_batchnorm(ours)
+    projection = stride != 1 or c_in != c_out
+    assert (ours.downsample is not None) == projection
+    downsample = None
+    if projection:
+        downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+    ref = _se_after_bn2(BasicBlock(c_in, c_out, stride, downsample), c_out)
+    ref.load_state_dict(_torchvision_state(ours.state_dict()))
+    ours.train(mode == "train"), ref.train(mode == "train")
+    x = torch.randn(2, c_in, 12, 10)
+    out = ours(x)
+    assert out.shape == (2, c_out, 12 // stride, 10 // stride)
+    torch.testing.assert_close(out, ref(x))
 
 
-def test_se_basic_block_keeps_identity_shortcut_when_shape_is_unchanged():
-    block = SEBasicBlock(16, 16)
-    assert block.downsample is None
-    assert block(torch.randn(2, 16, 8, 8)).shape == (2, 16, 8, 8)
+@pytest.mark.parametrize("c_in,c_out,stride", [(16, 32, 2), (64, 64, 1), (8, 8, 2)])
+def test_se_basic_block_parameter_count_follows_the_architecture(c_in, c_out, stride):
+    assert _num_parameters(SEBasicBlock(c_in, c_out, stride)) == _se_basic_block(c_in, c_out, stride)
 
 
 def test_se_basic_block_rejects_stride_three():
@@ -75,6 +156,13 @@ def test_aspp_trains_with_batch_of_one():
     assert out.shape == (1, 16, 4, 4)
     out.sum().backward()
     assert all(p.grad is not None for p in aspp.parameters())
+
+
+@pytest.mark.parametrize("c_in,c_out,rates,branch", [(512, 64, (3, 6, 9), 64), (32, 16, (2,), 8)])
+def test_aspp_parameter_count_follows_the_architecture(c_in, c_out, rates, branch):
+    with torch.device("meta"):
+        aspp = ASPP(c_in, c_out, rates=rates, branch_channels=branch)
+    assert _num_parameters(aspp) == _aspp(c_in, c_out, rates, branch)
 
 
 def test_aspp_concatenates_five_branches_of_paper_width():
@@ -101,12 +189,17 @@ def test_aspp_rejects_invalid_arguments(kwargs):
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_encoder_feature_shapes_equal_torchvision_resnet34(in_channels):
-    ref = resnet34(weights=None).eval()
+def test_encoder_features_equal_torchvision_resnet34_with_se_blocks(in_channels):
+    ref = resnet34(weights=None)
     ref.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-    ours = SEResNet34Encoder(in_channels).eval()
-    x = torch.randn(1, in_channels, 64, 96)
-    with torch.no_grad():
+    for layer in (ref.layer1, ref.layer2, ref.layer3, ref.layer4):
+        for block in layer:
+            _se_after_bn2(block, block.bn2.num_features)
+    ours = SEResNet34Encoder(in_channels)
+    missing, unexpected = ref.load_state_dict(_torchvision_state(ours.state_dict()), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    x = torch.randn(2, in_channels, 64, 96)
+    with torch.no_grad():  # training-mode BN (batch statistics): activations stay O(1) through 16 blocks
         f = ref.relu(ref.bn1(ref.conv1(x)))
         ref_feats = [f]
         f = ref.maxpool(f)
@@ -114,10 +207,26 @@ def test_encoder_feature_shapes_equal_torchvision_resnet34(in_channels):
             f = layer(f)
             ref_feats.append(f)
         feats = ours(x)
-    assert [t.shape for t in feats] == [t.shape for t in ref_feats]
     assert ours.out_channels == (64, 64, 128, 256, 512)
-    n_blocks = [len(getattr(ours, f"layer{i}")) for i in range(1, 5)]
-    assert n_blocks == [len(getattr(ref, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert [len(getattr(ours, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    for got, want in zip(feats, ref_feats, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("in_channels,width", [(1, 1.0), (3, 1.0), (1, 0.25), (1, 0.125)])
+def test_encoder_parameter_count_follows_the_architecture(in_channels, width):
+    with torch.device("meta"):  # shapes only
+        enc = SEResNet34Encoder(in_channels, width=width)
+    assert _num_parameters(enc) == _se_resnet34(in_channels, width)
+
+
+def test_encoder_without_se_has_torchvision_resnet34_parameter_count():
+    with torch.device("meta"):
+        enc, ref = SEResNet34Encoder(3), resnet34(weights=None)
+    se = sum(_num_parameters(m) for m in enc.modules() if isinstance(m, SEBlock))
+    assert se == sum(n * _se(c) for n, c in zip(STAGE_BLOCKS, (64, 128, 256, 512)))
+    head = 512 * 1000 + 1000  # torchvision's fc layer, which the encoder has not
+    assert _num_parameters(enc) - se == _num_parameters(ref) - head == 21_284_672
 
 
 def test_encoder_width_scales_every_stage():
@@ -155,22 +264,3 @@ def test_encoder_classifier_unfreezes_on_request():
     clf.freeze_encoder()
     assert not any(p.requires_grad for p in clf.encoder.parameters())
     assert not clf.encoder.training
-
-
-@pytest.mark.parametrize("channels", [4, 32])
-def test_batchnorm_matches_torch_in_both_layouts(channels):
-    torch.manual_seed(0)
-    ours, ref = BatchNorm2d(channels), nn.BatchNorm2d(channels)
-    with torch.no_grad():
-        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(2, channels, 8, 8).contiguous(memory_format=torch.channels_last)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(ya, yb, atol=1e-5)
-    g = torch.randn_like(ya)
-    ya.backward(g), yb.backward(g)
-    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
-    assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-4)
-    assert torch.allclose(ours.running_var, ref.running_var, atol=1e-6)

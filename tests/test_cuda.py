@@ -3,29 +3,28 @@
 Skipped where no GPU is present (CI); run on a GPU machine with ``pytest tests/test_cuda.py``.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import SAMPLE, TINY
 
 from crlearn.bench import bench_model
-from crlearn.data import SegmentationDataset, scan_folder, split_by_group
+from crlearn.data import SegmentationDataset
+from crlearn.splits import split_by_group
 from crlearn.model import CRNet, CRNetConfig
-from crlearn.train import TrainConfig, autocast_dtype, evaluate, fit, make_loader, predict_logits
+from crlearn.engine import fit, make_loader
+from crlearn.inference import evaluate, predict_logits
+from crlearn.profiles import TrainConfig, autocast_dtype
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data_sample"
-TINY = dict(width=0.125, aspp_channels=8, refine_channels=8)
 
 
 @pytest.fixture(scope="module")
 def sets():
-    split = split_by_group([r.group for r in scan_folder(SAMPLE)], seed=0)  # groups without loading the images
-    train = SegmentationDataset(SAMPLE, merge=True, size=64, augment=True, indices=split["train"][:12])
-    val = SegmentationDataset(SAMPLE, merge=True, size=64, indices=split["val"])
-    test = SegmentationDataset(SAMPLE, merge=True, indices=split["test"][:4])
-    return train, val, test
+    full = SegmentationDataset(SAMPLE, merge=True)
+    split = split_by_group(full.groups, seed=0)
+    train = full.subset(split["train"], size=64, augment=True)
+    return train, full.subset(split["val"], size=64), full.subset(split["test"])
 
 
 def test_autocast_dtype_on_cuda():

@@ -1,6 +1,8 @@
 """The data pipeline: the bundled sample, augmentation, patient-level splits and bad input."""
 
 import csv
+import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -10,19 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SAMPLE
+
 from crlearn.data import (
     AUGMENTATIONS,
+    MEDSEG_LABELS,
     DataError,
     SegmentationDataset,
     apply_view,
     augment_pair,
-    group_folds,
     read_image,
+    read_labels,
     resolve_classes,
-    split_by_group,
 )
+from crlearn.splits import group_folds, split_by_group
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data_sample"
 INDEX_COLUMNS = {"ggo": "px_ggo", "consolidation": "px_consolidation", "effusion": "px_pleural_effusion"}
 
 
@@ -55,6 +59,32 @@ def make_folder(tmp_path: Path, n: int = 3, size: int = 32, with_index: bool = T
     return tmp_path
 
 
+LUNG_LABELS = {"background": 0, "lung": [1, 2], "infection": 2}  # lung = the whole lung field, lesion included
+
+
+def make_labelled_folder(tmp_path: Path, labels: dict | None = None, n: int = 3, size: int = 16) -> Path:
+    """A folder like the lung/infection set: masks 0 = outside, 1 = lung, 2 = infection, a labels.json with a union
+    class, and an index.csv grouped by ``volume``."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(tmp_path / "images" / f"v{k}.png")
+        Image.fromarray(rng.integers(0, 3, (size, size), dtype=np.uint8)).save(tmp_path / "masks" / f"v{k}.png")
+    (tmp_path / "labels.json").write_text(json.dumps(LUNG_LABELS if labels is None else labels))
+    with open(tmp_path / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slice_id", "volume"])
+        for k in range(n):
+            w.writerow([f"v{k}", f"vol{k // 2}"])
+    return tmp_path
+
+
+def masks_on_disk(root: Path) -> torch.Tensor:
+    """Every mask of a folder as read by PIL, ``(N, H, W)``, in file-name order."""
+    return torch.stack([torch.from_numpy(np.array(Image.open(f))) for f in sorted((root / "masks").glob("*.png"))])
+
+
 def test_sample_has_76_slices_with_index_pixel_counts(sample512):
     rows = index_rows()
     assert len(sample512) == 76
@@ -64,7 +94,7 @@ def test_sample_has_76_slices_with_index_pixel_counts(sample512):
         for c, name in enumerate(sample512.class_names):
             assert int(masks[k, c].sum()) == int(rows[rec.name][INDEX_COLUMNS[name]]), (rec.name, name)
     totals = masks.sum(dim=(0, 2, 3)).long().tolist()
-    assert totals == [837235, 394953, 26718]  # data_sample/README.md
+    assert totals == [837235, 394953, 26718]  # data_sample/medseg_covid100/README.md
     assert sample512.images.dtype == torch.float32
     assert 0.0 <= float(sample512.images.min()) and float(sample512.images.max()) <= 1.0
 
@@ -76,11 +106,14 @@ def test_sample_groups_come_from_index(sample512):
 
 
 def test_merge_gives_one_infection_channel_equal_to_union(sample512):
-    merged = SegmentationDataset(SAMPLE, merge=True, indices=range(5))
-    assert merged.class_names == ["infection"]
-    for k in range(5):
-        union = sample512.one_hot(sample512.labels[k]).amax(0)
-        assert torch.equal(merged[k][1][0], union)
+    idx = list(range(0, 76, 5))
+    merged = SegmentationDataset(SAMPLE, merge=True, indices=idx)  # from disk, a few slices
+    assert merged.class_names == ["infection"] and torch.equal(merged.labels, sample512.labels[idx])
+    union = (sample512.labels > 0).float()[:, None]  # ggo, consolidation or effusion: (N, 1, H, W), every slice
+    assert union.sum() > 0 and int(sample512.labels.max()) == 3
+    assert torch.equal(merged.one_hot(sample512.labels), union)  # the merged mapping on the whole set
+    for k, j in enumerate(idx):
+        assert torch.equal(merged[k][1], union[j]), j
 
 
 def test_class_subset_and_unknown_class():
@@ -91,11 +124,18 @@ def test_class_subset_and_unknown_class():
         resolve_classes(["ggo", "fibrosis"])
 
 
-def test_resize_gives_requested_size_and_binary_masks():
-    ds = SegmentationDataset(SAMPLE, size=128, indices=[0, 1])
+def test_resize_gives_requested_size_and_binary_masks(sample512):
+    ds = sample512.subset(range(len(sample512)), size=128)
+    assert ds.images.shape == (76, 1, 128, 128) and ds.labels.shape == (76, 128, 128)
     image, mask = ds[0]
     assert image.shape == (1, 128, 128) and mask.shape == (3, 128, 128)
-    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    masks = ds.one_hot(ds.labels)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    def present(labels):  # (N, 4): which of the values 0..3 each slice holds
+        return torch.stack([(labels == v).flatten(1).any(1) for v in range(4)], 1)
+
+    assert not (present(ds.labels) & ~present(sample512.labels)).any()  # nearest: no slice gains a label value it did not have
+    assert 0.0 <= float(ds.images.min()) and float(ds.images.max()) <= 1.0
 
 
 def test_augmentation_multiplies_by_five_and_keeps_image_and_mask_aligned():
@@ -112,11 +152,22 @@ def test_augmentation_multiplies_by_five_and_keeps_image_and_mask_aligned():
         assert msk[0].sum() == 0
         seen.add(where_img)
     assert len(seen) == 5  # five distinct views
-    ds = SegmentationDataset(SAMPLE, size=64, augment=True, indices=[0, 1, 2])
-    assert len(ds) == 15
-    img0, msk0 = ds[0]
-    img1, msk1 = ds[1]  # rot90 of slice 0
-    assert torch.equal(img1, torch.rot90(img0, 1, (1, 2))) and torch.equal(msk1, torch.rot90(msk0, 1, (1, 2)))
+
+
+def test_augmented_dataset_gives_every_view_of_every_slice(sample512):
+    ds = sample512.subset(range(len(sample512)), size=64, augment=True)
+    assert len(ds) == 5 * 76
+    for j in range(76):
+        img0, msk0 = ds[5 * j]  # identity
+        assert torch.equal(img0, ds.images[j]) and torch.equal(msk0, ds.one_hot(ds.labels[j]))
+        for v, kind in enumerate(AUGMENTATIONS):
+            img, msk = ds[5 * j + v]
+            want_img, want_msk = augment_pair(img0, msk0, kind)
+            assert torch.equal(img, want_img) and torch.equal(msk, want_msk), (j, kind)
+    img1, msk1 = ds[1]  # rot90 of slice 0, counter-clockwise like torch.rot90
+    assert torch.equal(img1, torch.rot90(ds.images[0], 1, (1, 2)))
+    with pytest.raises(IndexError):
+        ds[len(ds)]
 
 
 @pytest.mark.parametrize("kind", AUGMENTATIONS)
@@ -240,7 +291,7 @@ def test_nan_in_float_image_raises_naming_the_file(tmp_path):
 
 
 def test_sample_folder_copy_behaves_like_the_original(tmp_path):
-    """A hold-out in the same format (here: five copied slices) loads the same way."""
+    """A hold-out in the same format (here: three copied slices) loads the same way."""
     for sub in ("images", "masks"):
         (tmp_path / sub).mkdir()
         for name in ("medseg_z001.png", "medseg_z049.png", "medseg_z080.png"):
@@ -248,3 +299,128 @@ def test_sample_folder_copy_behaves_like_the_original(tmp_path):
     with pytest.warns(UserWarning):
         ds = SegmentationDataset(tmp_path, merge=True, size=128)
     assert len(ds) == 3 and ds[1][1].sum() == 0  # z049 has no lesion
+    assert ds[0][1].sum() > 0 and ds[2][1].sum() > 0
+
+
+def test_slices_of_different_sizes_need_size(tmp_path):
+    root = make_folder(tmp_path)
+    Image.fromarray(np.zeros((24, 40), np.uint8)).save(root / "images" / "s1.png")
+    Image.fromarray(np.zeros((24, 40), np.uint8)).save(root / "masks" / "s1.png")
+    with pytest.raises(DataError, match=r"s1\.png: image size 40x24 differs from the first slice's 32x32"):
+        SegmentationDataset(root)
+    assert SegmentationDataset(root, size=16).images.shape == (3, 1, 16, 16)
+
+
+# ----------------------------------------------------------------------------- load once, subset in memory
+
+
+def assert_same_dataset(a: SegmentationDataset, b: SegmentationDataset) -> None:
+    assert a.class_names == b.class_names and a.records == b.records and a.size == b.size and len(a) == len(b)
+    assert a.images.dtype == b.images.dtype and a.labels.dtype == b.labels.dtype
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    for i in range(len(a)):
+        (img_a, msk_a), (img_b, msk_b) = a[i], b[i]
+        assert torch.equal(img_a, img_b) and torch.equal(msk_a, msk_b), i
+
+
+def test_subset_equals_loading_the_split_from_disk(sample512):
+    split = split_by_group(sample512.groups, seed=0)
+    idx = split["test"][::-1] + split["val"][:1]  # any order, not only sorted
+    direct = SegmentationDataset(SAMPLE, size=128, augment=True, indices=idx)
+    assert_same_dataset(sample512.subset(idx, size=128, augment=True), direct)
+    assert sample512.images.shape[-1] == 512  # the full set is left as it was
+
+
+def test_subset_with_union_labels_classes_and_sizes(tmp_path):
+    root = make_labelled_folder(tmp_path, size=24)
+    full = SegmentationDataset(root, classes=["infection", "lung"])
+    for idx, size, augment in (([2, 0], 10, True), ([1], None, False), ([0, 1, 2], 24, True), ([], 8, False)):
+        direct = SegmentationDataset(root, classes=["infection", "lung"], size=size, augment=augment, indices=idx)
+        assert_same_dataset(full.subset(idx, size=size, augment=augment), direct)
+
+
+def test_subset_keeps_size_and_refuses_to_resample_twice(sample512):
+    small = sample512.subset(range(4), size=64)
+    assert small.subset([3, 1]).size == 64
+    assert torch.equal(small.subset([3, 1], size=64).images, small.images[[3, 1]])
+    with pytest.raises(ValueError, match="size=None"):
+        small.subset([0], size=32)
+
+
+# ----------------------------------------------------------------------------- labels.json
+
+
+def test_labels_json_union_class_one_hot_pixel_by_pixel(tmp_path):
+    root = make_labelled_folder(tmp_path)
+    assert read_labels(root) == {"lung": (1, 2), "infection": (2,)}
+    ds = SegmentationDataset(root)
+    assert ds.class_names == ["lung", "infection"] and ds.groups == ["vol0", "vol0", "vol1"]
+    labels = masks_on_disk(root)
+    assert set(labels.unique().tolist()) == {0, 1, 2}
+    assert torch.equal(ds.labels, labels)
+    lung = (labels == 1) | (labels == 2)
+    infection = labels == 2
+    for k in range(len(ds)):
+        image, mask = ds[k]
+        assert mask.dtype == torch.float32 and mask.shape == (2, 16, 16)
+        assert torch.equal(mask[0], lung[k].float()) and torch.equal(mask[1], infection[k].float()), k
+
+
+def test_classes_infection_selects_a_declared_infection_class(tmp_path):
+    root = make_labelled_folder(tmp_path)
+    ds = SegmentationDataset(root, classes=["infection"])
+    assert ds.class_names == ["infection"]
+    assert torch.equal(ds.one_hot(ds.labels)[:, 0], (masks_on_disk(root) == 2).float())  # value 2 only, not 1 and 2
+    with pytest.raises(DataError, match="declare a class of that name"):
+        SegmentationDataset(root, merge=True)  # lung and infection united under the name of one of them
+    assert resolve_classes(["infection"], labels=read_labels(root)) == (["infection"], [(2,)])
+    assert resolve_classes(["infection"]) == (["infection"], [(1, 2, 3)])  # MedSeg: no such class, so merge all
+
+
+def test_labels_json_plain_int_is_one_value(tmp_path):
+    """The lung set's own file: ``"lung": 1`` is label 1 only (lung without lesion), not the lung field."""
+    root = make_labelled_folder(tmp_path, labels={"background": 0, "lung": 1, "infection": 2})
+    ds = SegmentationDataset(root)
+    assert ds._channel_labels == [(1,), (2,)]
+    assert torch.equal(ds.one_hot(ds.labels)[:, 0], (masks_on_disk(root) == 1).float())
+
+
+def test_labels_default_to_medseg(tmp_path):
+    medseg = {name: (value,) for name, value in MEDSEG_LABELS.items()}
+    assert read_labels(make_folder(tmp_path)) == medseg  # no labels.json
+    assert read_labels(SAMPLE) == medseg  # the sample's own labels.json says the same
+    assert resolve_classes(["ggo", "consolidation"], merge=True, labels={"ggo": [1, 2], "consolidation": (2, 3)}) == (
+        ["infection"], [(1, 2, 3)]
+    )
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"lung": [1, 2', "not valid JSON"),
+        ('{"lung": 1, "lung": 2}', "given more than once"),
+        ("[1, 2]", "expected an object"),
+        ('"lung"', "expected an object"),
+        ('{"lung": "1"}', "has value '1'"),
+        ('{"lung": 1.5}', "has value 1.5"),
+        ('{"lung": true}', "has value True"),
+        ('{"lung": -1}', "has value -1"),
+        ('{"lung": 256}', "has value 256"),
+        ('{"lung": [1, "2"]}', "has value [1, '2']"),
+        ('{"lung": [[1]]}', "has value [[1]]"),
+        ('{"lung": []}', "has value []"),
+        ('{"lung": 0}', "covers value 0"),
+        ('{"lung": [0, 1]}', "covers value 0"),
+        ('{"background": 1, "lung": 2}', "'background' must be 0"),
+        ('{"background": 0}', "declares no class"),
+    ],
+)
+def test_bad_labels_json_raises_naming_the_file(tmp_path, text, problem):
+    root = make_labelled_folder(tmp_path)
+    (root / "labels.json").write_text(text)
+    with pytest.raises(DataError) as err:
+        SegmentationDataset(root)
+    message = str(err.value)
+    assert message.startswith(f"{root / 'labels.json'}: ") and problem in message and "\n" not in message
+    with pytest.raises(DataError, match=re.escape(problem)):
+        read_labels(root)

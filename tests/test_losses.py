@@ -1,9 +1,9 @@
-"""Hybrid loss of §2.7 (Eq. 1): SSIM against pytorch_msssim, empty-mask behaviour, gradients, autocast."""
-
-import math
+"""Hybrid loss of §2.7 (Eq. 1): SSIM against pytorch_msssim and a direct 2-D reference, the three terms
+against hand formulas, empty-mask behaviour, gradients, autocast."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from crlearn.losses import (
     HybridLoss,
@@ -16,10 +16,13 @@ from crlearn.losses import (
     ssim_loss,
 )
 
-pytorch_msssim = pytest.importorskip("pytorch_msssim")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def msssim():
+    """pytorch_msssim, the reference SSIM; only the tests that compare against it skip without it."""
+    return pytest.importorskip("pytorch_msssim")
 
 
 def _disc(h: int, w: int, cy: float, cx: float, r: float, dtype=torch.float64) -> torch.Tensor:
@@ -33,30 +36,56 @@ def _interior_mean(ssim_map: torch.Tensor, window_size: int = 11) -> torch.Tenso
     return ssim_map[..., k:-k, k:-k].mean(dim=(1, 2, 3))
 
 
-def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return pytorch_msssim.ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, size_average=False)
+def _reference_ssim(msssim, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return msssim.ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, size_average=False)
+
+
+def _direct_ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM map written straight from Wang et al. (2004): one 2-D Gaussian window, zero 'same' padding,
+    one channel at a time (BASNet's ``pytorch_ssim``). No separable filtering, no stacking."""
+    coords = torch.arange(window_size, dtype=torch.float64) - window_size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    window = torch.outer(g, g) / torch.outer(g, g).sum()
+    window = window.to(x.dtype)[None, None]  # (1, 1, k, k)
+
+    def blur(t):
+        return torch.cat([F.conv2d(t[:, c : c + 1], window, padding=window_size // 2) for c in range(t.shape[1])], 1)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
 # --------------------------------------------------------------------------- SSIM
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_ssim_matches_pytorch_msssim_on_random_images(channels):
+def test_ssim_matches_pytorch_msssim_on_random_images(msssim, channels):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, channels, 37, 45, generator=gen, dtype=torch.float64)
     y = (0.6 * x + 0.4 * torch.rand(2, channels, 37, 45, generator=gen, dtype=torch.float64)).clamp(0, 1)
     ours = _interior_mean(ssim(x, y, reduction="none"))
-    torch.testing.assert_close(ours, _reference_ssim(x, y), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, _reference_ssim(msssim, x, y), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("channels", [1, 2])
-def test_ssim_matches_pytorch_msssim_on_structured_images(channels):
+def test_ssim_matches_pytorch_msssim_on_structured_images(msssim, channels):
     target = torch.stack([_disc(48, 48, 20 + 3 * c, 24, 9 + c) for c in range(channels)])[None]  # (1, C, 48, 48)
     shifted = torch.roll(target, shifts=(2, -3), dims=(2, 3))
     soft = torch.nn.functional.avg_pool2d(shifted, 5, stride=1, padding=2)  # a blurred, misplaced prediction
     for pred in (shifted, soft, torch.zeros_like(target)):
         ours = _interior_mean(ssim(pred, target, reduction="none"))
-        torch.testing.assert_close(ours, _reference_ssim(pred, target), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours, _reference_ssim(msssim, pred, target), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 23, 31), (1, 3, 16, 16), (1, 2, 8, 40)])
+def test_ssim_map_equals_direct_2d_reference_including_the_zero_padded_border(shape):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    y = (0.5 * x + 0.5 * torch.rand(shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    torch.testing.assert_close(ssim(x, y, reduction="none"), _direct_ssim_map(x, y), atol=1e-10, rtol=1e-10)
 
 
 def test_ssim_of_identical_images_is_one():
@@ -159,15 +188,35 @@ def test_every_loss_finite_with_finite_gradients_on_edge_cases(loss_name):
         assert torch.isfinite(logits.grad).all(), f"{loss_name} gradient on {case}"
 
 
-def test_hybrid_loss_is_near_zero_for_perfect_prediction_and_larger_for_a_wrong_one():
-    *_, (_, perfect, target) = _cases()
-    assert hybrid_loss(perfect, target).item() < 1e-4
-    assert hybrid_loss(-perfect, target).item() > 1.0
+def test_hybrid_loss_is_zero_for_perfect_prediction_and_known_for_the_inverted_one():
+    *_, (_, perfect, target) = _cases()  # logits +-30 on a lesion mask
+    assert hybrid_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    # Inverted: every pixel costs softplus(30) ~ 30 in BCE; IoU has I = 0, U = all H*W pixels.
+    hw = target.shape[-2] * target.shape[-1]
+    expected = 30.0 + (1 - ssim(1 - target, target).item()) + hw / (hw + 1)
+    assert hybrid_loss(-perfect, target).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_hybrid_loss_without_hybrid_is_plain_bce():
     logits, target = torch.randn(2, 2, 16, 16), (torch.rand(2, 2, 16, 16) > 0.7).float()
     torch.testing.assert_close(hybrid_loss(logits, target, hybrid=False), bce_loss(logits, target))
+
+
+def test_hybrid_loss_equals_eq_1_written_out_per_sample_and_channel():
+    gen = torch.Generator().manual_seed(6)
+    logits = 3 * torch.randn(3, 2, 18, 14, generator=gen, dtype=torch.float64)
+    target = (torch.rand(3, 2, 18, 14, generator=gen) > 0.7).double()
+    p = 1 / (1 + torch.exp(-logits))
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean(dim=(2, 3))
+    ssim_term = 1 - _direct_ssim_map(p, target).mean(dim=(2, 3))
+    inter = (p * target).sum(dim=(2, 3))
+    union = p.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) - inter
+    iou_term = 1 - (inter + 1) / (union + 1)
+    expected = bce + ssim_term + iou_term  # (B, C)
+    torch.testing.assert_close(hybrid_loss(logits, target, reduction="none"), expected)
+    torch.testing.assert_close(hybrid_loss(logits, target), expected.mean())
+    torch.testing.assert_close(bce_loss(logits, target), bce.mean())
+    torch.testing.assert_close(iou_loss(p, target, reduction="none"), iou_term)
 
 
 def test_hybrid_loss_is_sum_of_three_terms_averaged_over_channels():
@@ -243,8 +292,9 @@ def test_deep_supervision_counts_shared_output_once():
 def test_deep_supervision_upsamples_a_smaller_coarse_output():
     coarse, final = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 16, 16)
     target = (torch.rand(1, 1, 16, 16) > 0.7).float()
-    loss = deep_supervision_loss((coarse, final), target)
-    assert torch.isfinite(loss) and loss > hybrid_loss(final, target)
+    upsampled = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
+    expected = hybrid_loss(upsampled, target) + hybrid_loss(final, target)
+    torch.testing.assert_close(deep_supervision_loss((coarse, final), target), expected)
 
 
 def test_hybrid_loss_module_options():
@@ -256,4 +306,5 @@ def test_hybrid_loss_module_options():
     assert "hybrid=True" in repr(HybridLoss())
     with pytest.raises(ValueError, match="eps"):
         HybridLoss(eps=-1.0)
-    assert math.isfinite(HybridLoss()(coarse, target).item())
+    torch.testing.assert_close(HybridLoss()(coarse, target), hybrid_loss(coarse, target))  # a single tensor
+    torch.testing.assert_close(HybridLoss(eps=5.0)(final, target), hybrid_loss(final, target, eps=5.0))

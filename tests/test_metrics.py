@@ -1,4 +1,5 @@
-"""Metrics of §2.8 (Eq. 2-9): hand-computed cases, scikit-learn agreement, empty-case rule."""
+"""Segmentation metrics of §3.2 (Eq. 2-9) and classifier metrics (§2.8): hand-computed cases,
+scikit-learn agreement, empty-case rule, the markdown table."""
 
 import math
 
@@ -104,8 +105,20 @@ def test_binarize_thresholds_at_one_half():
 
 
 def test_scores_refuse_probabilities():
-    with pytest.raises(ValueError, match="binarize"):
+    with pytest.raises(ValueError, match="pred must be bool or hold only 0 and 1; threshold probabilities"):
         segmentation_scores(torch.rand(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        boundary(torch.full((1, 1, 4, 4), 0.5))
+
+
+def test_scores_refuse_mismatched_or_non_4d_masks():
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"pred and target must have the same shape, got \(1, 1, 4, 4\) and"):
+        confusion_counts(mask, torch.zeros(1, 1, 4, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"pred must be \[B, C, H, W\], got shape \(4, 4\)"):
+        segmentation_scores(mask[0, 0], mask[0, 0])
+    with pytest.raises(ValueError, match=r"mask must be \[B, C, H, W\]"):
+        boundary(mask[0])
 
 
 # --------------------------------------------------------------------------- boundary F1 and HD95
@@ -195,15 +208,23 @@ def test_patient_is_positive_if_any_slice_is_positive():
 
 
 def test_format_table_lays_out_classes_by_metrics():
-    meter = SegmentationMeter(["ggo"])
-    mask = _square(8, 8, 2, 2, 3)
-    meter.update(mask, mask)
+    meter = SegmentationMeter(["ggo", "consolidation"])
+    target = torch.cat([_square(8, 8, 2, 2, 3), _square(8, 8, 1, 1, 2)], dim=1)  # 9 and 4 pixels
+    pred = torch.cat([_square(8, 8, 2, 2, 3), _square(8, 8, 1, 1, 1)], dim=1)  # ggo exact; consolidation 1 of 4
+    meter.update(pred, target)
     table = format_table(meter.compute(), columns=("dice", "precision", "recall"))
-    lines = table.splitlines()
-    assert lines[0] == "| Class | Dice (%) | Precision (%) | Recall (%) |"
-    assert lines[2] == "| ggo | 100.00 | 100.00 | 100.00 |"
-    raw = format_table({"ggo": {"dice": 0.5}}, columns=("dice", "iou"), percent=False, digits=3)
-    assert raw.splitlines()[2] == "| ggo | 0.500 | - |"
+    assert table == (
+        "| Class | Dice (%) | Precision (%) | Recall (%) |\n"
+        "|---|---|---|---|\n"
+        "| ggo | 100.00 | 100.00 | 100.00 |\n"
+        "| consolidation | 40.00 | 100.00 | 25.00 |"
+    )
+    raw = format_table({"ggo": {"dice": 0.5}, "n": 3}, columns=("dice", "iou"), percent=False, digits=3)
+    assert raw == "| Class | Dice | IoU |\n|---|---|---|\n| ggo | 0.500 | - |"
+    per_slice = format_table(meter.compute(), columns=("iou", "boundary_f1"), summary="per_slice", digits=1)
+    assert per_slice == (
+        "| Class | IoU (%) | BF (%) |\n|---|---|---|\n| ggo | 100.0 | 100.0 |\n| consolidation | 25.0 | 100.0 |"
+    )
 
 
 def test_boundary_counts_match_max_pool_morphology():

@@ -1,0 +1,121 @@
+"""Nothing is lost: atomic files, output paths that are never overwritten without ``force``, and checkpoints.
+
+A file is written to ``NAME.tmp`` and renamed over ``NAME`` only when complete, so a crash never leaves half a
+result. A checkpoint holds the weights, the model and training configs, the class names and the package version;
+:func:`load_checkpoint` rebuilds the model with ``torch.load(weights_only=True)`` and refuses any other file with a
+:class:`CheckpointError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from . import __version__
+from .model import CRNet, CRNetConfig
+
+CHECKPOINT_FORMAT = "crlearn-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a crlearn checkpoint, or one that does not fit the data."""
+
+
+class OutputExistsError(FileExistsError):
+    """An explicit output path exists and overwriting it was not asked for (``force``)."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to ``path.tmp`` then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fresh_path(path: str | Path, explicit: bool = True, force: bool = False, is_dir: bool = False) -> Path:
+    """Where to write without losing anything.
+
+    A path that does not exist (or an empty folder) is used as it is, and so is any path with ``force``. An
+    ``explicit`` existing path (one the user chose) raises :class:`OutputExistsError`; a default one gets the first
+    free ``-2``, ``-3``... suffix instead.
+    """
+    path = Path(path)
+    exists = path.exists() and (not is_dir or not path.is_dir() or any(path.iterdir()))
+    if not exists or force:
+        return path
+    if explicit:
+        raise OutputExistsError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+    for k in range(2, 10_000):
+        cand = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        if not cand.exists():
+            return cand
+    raise OutputExistsError(f"{path}: no free output name")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, class_names: Sequence[str], train_config: Any, **state: Any
+) -> None:
+    """Weights, model and training config, class names and package version, written atomically.
+
+    ``train_config`` is a :class:`~crlearn.profiles.TrainConfig`. Extra ``state`` (optimizer, epoch, history...)
+    lets :func:`crlearn.engine.fit` resume the same run.
+    """
+    model = getattr(model, "_orig_mod", model)
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "crlearn_version": __version__,
+        "model_config": model.config.to_dict(),
+        "train_config": dataclasses.asdict(train_config),
+        "class_names": list(class_names),
+        "state_dict": cpu_state(model),
+        **state,
+    }
+    atomic_torch_save(ckpt, path)
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state dict on the CPU (a snapshot: later training does not change it)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CRNet, dict[str, Any]]:
+    """Rebuild the model from a checkpoint (``torch.load(weights_only=True)``); returns ``(model, checkpoint)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not one of ours"
+        raise CheckpointError(f"{path}: not a crlearn checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a crlearn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    model = CRNet(CRNetConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt

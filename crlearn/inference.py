@@ -1,0 +1,84 @@
+"""Inference: logits at the images' own size, test-time augmentation, and evaluation with crlearn.metrics.
+
+Predictions are made at the model's input size and resized back, so metrics are computed at the data's own
+resolution. Test-time augmentation (TTA, this project's choice, as in nnU-Net; the paper does not use it) averages
+the logits of the paper's five training views (§2.3), each mapped back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import perf
+from .data import AUGMENTATIONS, MERGED_CLASS, apply_view
+from .metrics import SegmentationMeter
+from .profiles import autocast, autocast_dtype, pick_device, to_device
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: Tensor, size: int, device: str | torch.device | None = None,
+                   batch_size: int = 8, tta: bool = True) -> Tensor:
+    """Final logits ``(N, K, H, W)`` at the images' own size for images ``(N, 1, H, W)`` in [0, 1].
+
+    Each image is resized to the model's ``size`` (bilinear, antialiased: as in training), the logits are resized
+    back (bilinear). Runs under autocast on CUDA. With ``tta`` (on by default) the model sees the five training
+    views of each image (identity, rot90/180/270, hflip), each prediction is mapped back and the logits averaged:
+    five forward passes for a steadier mask.
+    """
+    device = pick_device(device)
+    model = model.to(device=device, memory_format=torch.channels_last).eval()
+    perf.apply_to_model(model, device)
+    dtype = autocast_dtype(device)
+    views = AUGMENTATIONS if tta else ("identity",)
+    outs = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size]
+        h, w = x.shape[-2:]
+        xs = to_device(_resize(x, (size, size)), device)  # one copy to the device; the views are made there
+        logits = 0.0
+        for view in views:
+            with autocast(device, dtype):
+                out = model(apply_view(xs, view).contiguous(memory_format=torch.channels_last)).final
+            logits = logits + apply_view(out.float(), view, inverse=True)
+        logits = logits / len(views)
+        outs.append(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).cpu())
+    return torch.cat(outs)
+
+
+def predict(model: nn.Module, images: Tensor, size: int, device: str | torch.device | None = None,
+            tta: bool = True) -> tuple[Tensor, Tensor]:
+    """Probabilities and boolean labels (threshold 0.5) at the images' own size (``tta``: see predict_logits)."""
+    probs = torch.sigmoid(predict_logits(model, images, size, device, tta=tta))
+    return probs, probs > 0.5
+
+
+def evaluate(model: nn.Module, dataset: Any, size: int, device: str | torch.device | None = None,
+             boundary_tolerance: int = 2, batch_size: int = 8, tta: bool = True) -> dict[str, Any]:
+    """Per-class metrics at the dataset's own resolution (:class:`~crlearn.metrics.SegmentationMeter`).
+
+    ``dataset`` is a :class:`~crlearn.data.SegmentationDataset`, ideally at its original resolution
+    (``size=None``). Returns pooled and per-slice Dice, IoU, pixel precision, pixel recall and boundary F1 for
+    every class, plus the merged ``infection`` class (the union of all classes) when there are several classes and
+    none of them is already called ``infection``.
+    """
+    names = list(dataset.class_names)
+    merged = len(names) > 1 and MERGED_CLASS not in names
+    meter = SegmentationMeter(names + ([MERGED_CLASS] if merged else []), boundary_tolerance=boundary_tolerance)
+    for i in range(0, len(dataset.records), batch_size):
+        target = dataset.one_hot(dataset.labels[i : i + batch_size]) > 0.5  # (B, K, H, W)
+        _, pred = predict(model, dataset.images[i : i + batch_size], size, device, tta=tta)
+        if merged:
+            pred = torch.cat([pred, pred.any(1, keepdim=True)], 1)
+            target = torch.cat([target, target.any(1, keepdim=True)], 1)
+        meter.update(pred, target)
+    return meter.compute()

@@ -1,0 +1,124 @@
+"""Configuration of a training run: the paper's hyper-parameters, the two profiles, and the device.
+
+Huang et al. 2022, §3.1: Adam (lr 3e-4), batch 8, up to 200 epochs, early stopping on the validation loss.
+
+Two sizes, one code path:
+
+- ``quick``: a tiny CR-Net at 128 px that trains in a few minutes on a 2-core laptop CPU (CI uses it);
+- ``full``: the paper's CR-Net at 512 px with the paper's hyper-parameters, for a CUDA GPU.
+
+``resolve_profile("auto")`` picks ``full`` when CUDA is available and ``quick`` otherwise; the environment
+variable ``CRLEARN_PROFILE`` and an explicit argument override it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .model import CRNetConfig
+
+PROFILE_ENV = "CRLEARN_PROFILE"
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the defaults are the paper's (§3.1)."""
+
+    size: int = 512  # side of the square input, pixels (divisible by 32)
+    epochs: int = 200  # maximum number of epochs
+    batch_size: int = 8  # slices per step
+    lr: float = 3e-4  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    schedule: str = "constant"  # "constant" (paper) or "onecycle" (warm-up then cosine decay, for short runs)
+    patience: int = 20  # early stopping: epochs without a better validation loss (the paper gives no number)
+    hybrid: bool = True  # BCE + SSIM + IoU (True) or BCE alone (the ablation's rows without the hybrid loss)
+    augment: bool = True  # the paper's x5 augmentation (identity, rot90/180/270, hflip)
+    seed: int = 0  # seeds weights, batch order and the split
+    max_minutes: float | None = None  # stop after this much training time (breaks exact repeatability)
+    ema: float | None = None  # decay of an exponential moving average of weights and BN statistics (None: off)
+    amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 + gradient scaler)
+
+    def __post_init__(self) -> None:
+        if self.size < 32 or self.size % 32:
+            raise ValueError(f"size must be a multiple of 32, got {self.size}")
+        if self.schedule not in ("constant", "onecycle"):
+            raise ValueError(f"schedule must be 'constant' or 'onecycle', got {self.schedule!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in (0, 1) or None, got {self.ema}")
+
+
+@dataclass
+class Profile:
+    """A named pair of model and training settings."""
+
+    name: str
+    model: dict[str, Any]  # CRNetConfig overrides
+    train: dict[str, Any]  # TrainConfig overrides
+    merge: bool = False  # default task: one merged "infection" class (True) or one channel per lesion class
+
+    def model_config(self, **overrides: Any) -> CRNetConfig:
+        return CRNetConfig(**{**self.model, **overrides})
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        return TrainConfig(**{**self.train, **overrides})
+
+
+PROFILES: dict[str, Profile] = {
+    # Tuned on the MedSeg set's validation split for a 2-core CPU (README, "Quick profile"). The tiny model learns
+    # the merged infection mask (the Table 7 task) far better than three lesion classes in a few minutes, so that
+    # is its default task. No time cap: a cap would make results depend on machine load (use max_minutes for that).
+    "quick": Profile(
+        "quick",
+        model=CRNetConfig.quick().to_dict() | {"num_classes": 1},
+        train=dict(size=128, epochs=17, batch_size=8, lr=6e-3, schedule="onecycle", patience=100, ema=0.98),
+        merge=True,
+    ),
+    # The paper: width 1.0, 512 px, Adam 3e-4, batch 8, up to 200 epochs, early stopping.
+    "full": Profile("full", model=dict(), train=dict(size=512, epochs=200, batch_size=8, lr=3e-4, patience=20)),
+}
+
+
+def resolve_profile(profile: str | None = None) -> str:
+    """``quick`` or ``full``: an explicit name wins, then ``$CRLEARN_PROFILE``, then auto (full iff CUDA)."""
+    name = profile if profile not in (None, "auto") else os.environ.get(PROFILE_ENV, "auto").strip().lower() or "auto"
+    if name == "auto":
+        name = "full" if torch.cuda.is_available() else "quick"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected 'auto' or one of {sorted(PROFILES)}")
+    return name
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` when available unless a device is given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16; ``None`` (no autocast) on CPU or when disabled."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is ``None``."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a batch to the device (non-blocking from pinned memory on CUDA), 4-D tensors in channels_last layout.
+
+    channels_last suits cuDNN's tensor-core kernels and oneDNN's CPU convolutions alike, so every device uses it.
+    """
+    x = x.to(device, non_blocking=device.type == "cuda")
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
