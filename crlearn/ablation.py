@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from .data import MERGED_CLASS, SegmentationDataset, default_data_dir
-from .splits import group_folds, split_by_group
 from .engine import fit
 from .inference import evaluate
 from .model import CRNet
 from .profiles import PROFILES, pick_device
 from .report import DISCLAIMER, hardware, markdown_table
+from .splits import group_folds, split_by_group
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ import torch
 from torch import Tensor
 
 
+class DataError(ValueError):
+    """Bad input data. The message names the file (or folder) and the problem."""
+
+
 def check_positive_int(name: str, value: object) -> None:
     """``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -35,6 +35,16 @@ def _out(args: argparse.Namespace, default: str | Path, is_dir: bool = True) -> 
     return fresh_path(args.out or default, explicit=args.out is not None, force=args.force, is_dir=is_dir)
 
 
+def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
+    """The checkpoint's model on the chosen device: ``(model, checkpoint, device)``."""
+    from .checkpoint import load_checkpoint
+    from .profiles import pick_device
+
+    device = pick_device(args.device)
+    model, ckpt = load_checkpoint(args.checkpoint, device)
+    return model, ckpt, device
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .metrics import format_table
     from .profiles import resolve_profile
@@ -58,14 +68,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write_json, load_checkpoint
+    from .checkpoint import atomic_write_json
     from .data import DataError, SegmentationDataset
     from .inference import evaluate
     from .metrics import format_table
-    from .profiles import pick_device
 
-    device = pick_device(args.device)
-    model, ckpt = load_checkpoint(args.checkpoint, device)
+    model, ckpt, device = _load_model(args)
     names = ckpt["class_names"]
     try:
         ds = SegmentationDataset(args.data, classes=names)
@@ -88,15 +96,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import atomic_write_bytes, load_checkpoint
+    from .checkpoint import atomic_write_bytes
     from .data import read_image
     from .inference import predict
-    from .profiles import pick_device
     from .report import save_figure
     from .viz import plot_overlays
 
-    device = pick_device(args.device)
-    model, ckpt = load_checkpoint(args.checkpoint, device)
+    model, ckpt, device = _load_model(args)
     names, size = ckpt["class_names"], ckpt["train_config"]["size"]  # the size the model was trained at
     out = _out(args, "runs/predict")
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +200,18 @@ def _add_out(sp: argparse.ArgumentParser, what: str, quiet: bool = True) -> None
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_model_run(sp: argparse.ArgumentParser, out_help: str, quiet: bool = True) -> None:
+    """The options of every command that runs a model: --device, --no-tta, --out/--force (and --quiet)."""
+    _add_device(sp)
+    _add_tta(sp)
+    _add_out(sp, out_help, quiet)
+
+
+def _add_budget(sp: argparse.ArgumentParser, minutes_help: str) -> None:
+    sp.add_argument("--max-minutes", type=float, default=None, help=minutes_help)
+    sp.add_argument("--seed", type=int, default=0, help="seeds the split(s), the weights and the batch order")
+
+
 def _train_parser(sub: Any) -> None:
     t = sub.add_parser("train", help="train CR-Net on a data folder and evaluate it on its test split")
     _add_data(t)
@@ -208,12 +226,9 @@ def _train_parser(sub: Any) -> None:
     t.add_argument("--size", type=int, default=None, help="override the profile's input size (multiple of 32)")
     t.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")
     t.add_argument("--lr", type=float, default=None, help="override the profile's (peak) learning rate")
-    t.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
-    t.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the batch order")
+    _add_budget(t, "stop training after this many minutes")
     t.add_argument("--resume", default=None, help="continue the run of a last.pt checkpoint")
-    _add_device(t)
-    _add_tta(t)
-    _add_out(t, "run folder (default: runs/train-<profile>, or the first free runs/train-<profile>-N)")
+    _add_model_run(t, "run folder (default: runs/train-<profile>, or the first free runs/train-<profile>-N)")
     t.set_defaults(func=cmd_train)
 
 
@@ -221,17 +236,13 @@ def _eval_parsers(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data folder")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     _add_data(e)
-    _add_device(e)
-    _add_tta(e)
-    _add_out(e, "JSON file (default: eval-<data folder>.json beside the checkpoint)", quiet=False)
+    _add_model_run(e, "JSON file (default: eval-<data folder>.json beside the checkpoint)", quiet=False)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="overlays and lesion areas for images, at the checkpoint's input size")
     pr.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     pr.add_argument("images", nargs="+", help="grayscale PNG slices")
-    _add_device(pr)
-    _add_tta(pr)
-    _add_out(pr, "folder for areas.csv and the overlays (default: runs/predict)", quiet=False)
+    _add_model_run(pr, "folder for areas.csv and the overlays (default: runs/predict)", quiet=False)
     pr.set_defaults(func=cmd_predict)
 
     a = sub.add_parser("ablate", help="the paper's Table 7 ablation, same split and seed for every row")
@@ -239,11 +250,8 @@ def _eval_parsers(sub: Any) -> None:
     _add_profile(a)
     a.add_argument("--folds", type=int, default=None, help="repeat over K group folds: mean ± std")
     a.add_argument("--epochs", type=int, default=None, help="cap every row's epochs")
-    a.add_argument("--max-minutes", type=float, default=None, help="cap every row's training time")
-    a.add_argument("--seed", type=int, default=0, help="seeds the split(s), the weights and the batch order")
-    _add_device(a)
-    _add_tta(a)
-    _add_out(a, "folder for ablation.json/.md/.png (default: runs/ablate-<profile>)")
+    _add_budget(a, "cap every row's training time")
+    _add_model_run(a, "folder for ablation.json/.md/.png (default: runs/ablate-<profile>)")
     a.set_defaults(func=cmd_ablate)
 
 

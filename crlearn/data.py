@@ -1,6 +1,6 @@
-"""CT slices and lesion masks from a PNG folder, the paper's x5 augmentation and patient-level splits.
+"""CT slices and lesion masks from a PNG folder, their classes, and the paper's x5 augmentation.
 
-Huang et al. 2022, §2.2 (data; 70/10/20 patient-level split, five folds) and §2.3 (augmentation).
+Huang et al. 2022, §2.2 (data) and §2.3 (augmentation); the patient-level splits are in :mod:`crlearn.splits`.
 
 Folder format (each data set under ``data_sample/`` has it, e.g. ``data_sample/medseg_covid100``; any folder laid
 out like it works the same)::
@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -37,17 +36,22 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-# Label values of MedSeg COVID-19 "dataset 1" (data_sample/medseg_covid100/README.md). The paper's third class is
-# fibrosis, which this data does not have: pleural effusion takes its place.
-MEDSEG_LABELS: dict[str, int] = {"ggo": 1, "consolidation": 2, "effusion": 3}
-DEFAULT_CLASSES: tuple[str, ...] = tuple(MEDSEG_LABELS)
-MERGED_CLASS = "infection"  # the single class of the paper's ablation (Table 7)
-BACKGROUND = "background"  # the name labels.json may give to value 0; never a class
-MAX_MASK_VALUE = 255  # masks are read as uint8
+from .arrays import DataError
+from .augment import AUGMENTATIONS, augment_pair
+from .labels import (  # noqa: F401 (the class names are re-exported: a data set is where readers look for them)
+    BACKGROUND,
+    DEFAULT_CLASSES,
+    MAX_MASK_VALUE,
+    MEDSEG_LABELS,
+    MERGED_CLASS,
+    LabelValues,
+    check_labels,
+    read_labels,
+    resolve_classes,
+)
+
 GROUP_COLUMNS = ("pseudo_patient_group", "patient_id", "patient", "volume", "group")
 NAME_COLUMNS = ("slice_id", "name", "file")
-# The paper's x5 augmentation (§2.3): each slice as-is, rotated by 90/180/270 degrees, and flipped horizontally.
-AUGMENTATIONS: tuple[str, ...] = ("identity", "rot90", "rot180", "rot270", "hflip")
 
 
 DEFAULT_DATA = "data_sample/medseg_covid100"  # one folder per data set under data_sample/
@@ -61,10 +65,6 @@ def default_data_dir() -> Path:
         return Path(env)
     beside = Path(__file__).resolve().parents[1] / DEFAULT_DATA
     return beside if beside.is_dir() else Path(DEFAULT_DATA)
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file (or folder) and the problem."""
 
 
 @dataclass(frozen=True)
@@ -191,133 +191,7 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[SliceRecor
     return records
 
 
-LabelValues = dict[str, tuple[int, ...]]  # class name -> the mask values it covers
-
-
-def _is_value(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_MASK_VALUE
-
-
-def check_labels(raw: object, where: str) -> LabelValues:
-    """Validate a class name -> mask value(s) mapping (the content of a ``labels.json``) and normalise it.
-
-    A value is an integer in ``0..255`` (that one mask value) or a non-empty list of them (the union). The
-    ``background`` entry must be 0 and is dropped; no other class may cover 0. ``where`` (a file, or "labels")
-    starts every :class:`DataError` message.
-    """
-    if not isinstance(raw, Mapping):
-        raise DataError(f"{where}: expected an object mapping class name -> mask value(s), got {type(raw).__name__}")
-    out: LabelValues = {}
-    for name, value in raw.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not isinstance(name, str) or not name.strip():
-            raise DataError(f"{where}: class name {name!r} is not a non-empty string")
-        if not values or not all(_is_value(v) for v in values):
-            raise DataError(
-                f"{where}: class {name!r} has value {value!r}; expected an integer 0..{MAX_MASK_VALUE} "
-                "or a non-empty list of them"
-            )
-        if name == BACKGROUND:
-            if list(values) != [0]:
-                raise DataError(f"{where}: {BACKGROUND!r} must be 0, got {value!r}")
-            continue
-        if 0 in values:
-            raise DataError(f"{where}: class {name!r} covers value 0, which is background")
-        out[name] = tuple(sorted(set(values)))
-    if not out:
-        raise DataError(f"{where}: declares no class besides {BACKGROUND!r}")
-    return out
-
-
-def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [k for k, _ in pairs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise ValueError(f"class name(s) {repeated} given more than once")
-    return dict(pairs)
-
-
-def _medseg_values() -> LabelValues:
-    """MedSeg's labels in :func:`read_labels`'s form (what a folder without ``labels.json`` gets)."""
-    return {name: (value,) for name, value in MEDSEG_LABELS.items()}
-
-
-def read_labels(root: str | Path) -> LabelValues:
-    """Class name -> mask values of a data folder, from ``root/labels.json`` (see the module docstring).
-
-    Without that file the folder is read with MedSeg's labels (ggo 1, consolidation 2, effusion 3). Bad JSON or
-    a bad mapping raises :class:`DataError` naming the file.
-    """
-    path = Path(root) / "labels.json"
-    if not path.is_file():
-        return _medseg_values()
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_repeated_keys)
-    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    return check_labels(raw, str(path))
-
-
-def resolve_classes(
-    classes: Sequence[str] | None = None,
-    merge: bool = False,
-    labels: dict[str, int] | dict[str, Sequence[int]] | None = None,
-) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Output channel names and, for each channel, the label values it covers.
-
-    ``labels`` maps class name -> mask value or values (default MedSeg's GGO, consolidation, effusion; see
-    :func:`read_labels`). ``classes`` selects some of them (default all); ``merge=True`` unites them into one
-    ``infection`` channel covering the union of their values (the paper's ablation setting, Table 7).
-    ``classes=["infection"]`` means the same merge, unless ``labels`` declares a class named ``infection``: then
-    it selects that class, and merging other classes under that name is refused.
-    """
-    values = _medseg_values() if labels is None else check_labels(labels, "labels")
-    chosen = list(values) if classes is None else list(classes)
-    if not chosen:
-        raise DataError("no classes selected")
-    declared = MERGED_CLASS in values
-    if chosen == [MERGED_CLASS] and not declared:
-        chosen, merge = list(values), True
-    unknown = [c for c in chosen if c not in values]
-    if unknown:
-        extra = "" if declared else f" (or '{MERGED_CLASS}')"
-        raise DataError(f"unknown class name(s) {unknown}; known classes: {list(values)}{extra}")
-    if len(set(chosen)) != len(chosen):
-        raise DataError(f"class names repeated: {chosen}")
-    if merge and declared and chosen != [MERGED_CLASS]:
-        raise DataError(
-            f"merging {chosen} would name the union '{MERGED_CLASS}', but the labels declare a class of that name "
-            f"(values {list(values[MERGED_CLASS])}); select classes=['{MERGED_CLASS}'] instead, or do not merge"
-        )
-    if merge:
-        return [MERGED_CLASS], [tuple(sorted({v for c in chosen for v in values[c]}))]
-    return chosen, [values[c] for c in chosen]
-
-
 # ----------------------------------------------------------------------------- the dataset
-
-
-def apply_view(x: torch.Tensor, kind: str, inverse: bool = False) -> torch.Tensor:
-    """One of the paper's five views (§2.3) on the last two dims of any tensor, e.g. a batch ``(B, C, H, W)``.
-
-    Rotations by multiples of 90 degrees and flips move pixels exactly (no interpolation); ``rot90`` turns
-    counter-clockwise, like ``TF.rotate(90)``. ``inverse=True`` undoes the view: test-time augmentation
-    (:func:`crlearn.train.predict_logits`) maps each view's prediction back with it.
-    """
-    if kind == "identity":
-        return x
-    if kind in ("rot90", "rot180", "rot270"):
-        k = int(kind[3:]) // 90
-        return torch.rot90(x, -k if inverse else k, dims=(-2, -1))
-    if kind == "hflip":
-        return torch.flip(x, dims=(-1,))
-    raise ValueError(f"unknown augmentation {kind!r}; expected one of {AUGMENTATIONS}")
-
-
-def augment_pair(image: torch.Tensor, mask: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one of the paper's five views (§2.3) identically to an image ``[1,H,W]`` and a mask ``[C,H,W]``:
-    :func:`apply_view` on both, so image and mask stay aligned pixel for pixel."""
-    return apply_view(image, kind), apply_view(mask, kind)
 
 
 def _resize_slice(image: torch.Tensor, label: torch.Tensor, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import perf
-from .data import AUGMENTATIONS, MERGED_CLASS, apply_view
+from .augment import AUGMENTATIONS, apply_view
+from .data import MERGED_CLASS
 from .metrics import SegmentationMeter
 from .profiles import autocast, autocast_dtype, pick_device, to_device
 

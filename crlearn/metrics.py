@@ -321,7 +321,11 @@ def classification_metrics(y_true: Iterable[int], y_pred: Iterable[int]) -> dict
     the confusion matrix is ``[[TN, FP], [FN, TP]]`` (rows: truth, columns: prediction).
     Undefined ratios (no positive predictions, no positive cases) are 0 (``zero_division=0``).
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     y_true, y_pred = np.asarray(list(y_true)).astype(int), np.asarray(list(y_pred)).astype(int)
     if y_true.shape != y_pred.shape or y_true.ndim != 1 or len(y_true) == 0:
@@ -363,16 +367,8 @@ def patient_level(slice_preds: Iterable[int], groups: Iterable[Hashable]) -> dic
 
 # --------------------------------------------------------------------------- reporting
 
-_HEADERS = {
-    "dice": "Dice",
-    "iou": "IoU",
-    "precision": "Precision",
-    "recall": "Recall",
-    "boundary_f1": "BF",
-    "f1": "F1",
-    "accuracy": "Accuracy",
-    "specificity": "Specificity",
-}
+_HEADERS = {"dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall", "boundary_f1": "BF",
+            "f1": "F1", "accuracy": "Accuracy", "specificity": "Specificity"}
 
 
 def format_table(

@@ -8,35 +8,33 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from .arrays import to_numpy
+from .data import MERGED_CLASS
+from .report import DISCLAIMER, figure_png
+
 # One colour per lesion class (RGB in [0, 1]).
 CLASS_COLORS: dict[str, tuple[float, float, float]] = {
     "ggo": (1.0, 0.84, 0.0),  # yellow
     "consolidation": (0.9, 0.1, 0.1),  # red
     "effusion": (0.1, 0.5, 1.0),  # blue
-    "infection": (1.0, 0.35, 0.0),  # orange
+    MERGED_CLASS: (1.0, 0.35, 0.0),  # orange: the merged "infection" class
 }
-DISCLAIMER = "For teaching only: not a diagnosis."
 
 
 def class_color(name: str, k: int = 0) -> tuple[float, float, float]:
     return CLASS_COLORS.get(name, matplotlib.colormaps["tab10"](k % 10)[:3])
 
 
-def _np(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def overlay(image: Any, mask: Any, class_names: Sequence[str], alpha: float = 0.45) -> np.ndarray:
     """Blend a grayscale slice ``(H, W)`` or ``(1, H, W)`` with a multi-label mask ``(K, H, W)`` -> RGB ``(H, W, 3)``."""
-    img = _np(image).astype(np.float32).squeeze()
-    msk = _np(mask).astype(bool)
+    img = to_numpy(image).astype(np.float32).squeeze()
+    msk = to_numpy(mask).astype(bool)
     rgb = np.repeat(img[..., None], 3, axis=-1)
     for k, name in enumerate(class_names):
         m = msk[k]
@@ -61,7 +59,7 @@ def plot_overlays(
     cols = 1 + (targets is not None) + (preds is not None)
     fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.2 * n), squeeze=False)
     for r in range(n):
-        panels = [("image", _np(images[r]).squeeze(), None)]
+        panels = [("image", to_numpy(images[r]).squeeze(), None)]
         if targets is not None:
             panels.append(("ground truth", images[r], targets[r]))
         if preds is not None:
@@ -117,16 +115,6 @@ def plot_ablation(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     return fig
 
 
-def figure_png(fig: Figure, dpi: int = 90) -> bytes:
-    """Render a figure to PNG bytes and close it (for an ``ipywidgets.Image``)."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def figure_widget(draw: Any, controls: Sequence[Any]):
     """A box of ``controls`` above an image redrawn by ``draw() -> Figure`` whenever a control changes.
 
@@ -158,7 +146,7 @@ def slice_browser(dataset: Any, preds: Any | None = None):
         k = slider.value
         keep = torch.tensor([t.value for t in toggles])[:, None, None]
         target = dataset.one_hot(dataset.labels[k]).bool() & keep
-        pred = None if preds is None else [torch.as_tensor(_np(preds[k])).bool() & keep]
+        pred = None if preds is None else [torch.as_tensor(to_numpy(preds[k])).bool() & keep]
         return plot_overlays([dataset.images[k]], [target], pred, names, titles=[dataset.records[k].name])
 
     return figure_widget(draw, [slider, *toggles])

@@ -10,8 +10,12 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import SqueezeExcitation
 
 from crlearn.blocks import ASPP, ConvBNReLU, SEBasicBlock, SEBlock
-from crlearn.encoder import STAGE_BLOCKS, EncoderClassifier, SEResNet34Encoder, scaled_widths
-
+from crlearn.encoder import (
+    STAGE_BLOCKS,
+    EncoderClassifier,
+    SEResNet34Encoder,
+    scaled_widths,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

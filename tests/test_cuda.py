@@ -9,11 +9,11 @@ from conftest import SAMPLE, TINY
 
 from crlearn.bench import bench_model
 from crlearn.data import SegmentationDataset
-from crlearn.splits import split_by_group
-from crlearn.model import CRNet, CRNetConfig
 from crlearn.engine import fit, make_loader
 from crlearn.inference import evaluate, predict_logits
+from crlearn.model import CRNet, CRNetConfig
 from crlearn.profiles import TrainConfig, autocast_dtype
+from crlearn.splits import split_by_group
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -10,17 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE
 from PIL import Image
 
-from conftest import SAMPLE
-
+from crlearn.augment import AUGMENTATIONS, apply_view, augment_pair
 from crlearn.data import (
-    AUGMENTATIONS,
     MEDSEG_LABELS,
     DataError,
     SegmentationDataset,
-    apply_view,
-    augment_pair,
     read_image,
     read_labels,
     resolve_classes,
@@ -51,12 +48,16 @@ def make_folder(tmp_path: Path, n: int = 3, size: int = 32, with_index: bool = T
         lab[4:10, 4:10] = 1 + k % 3
         Image.fromarray(lab).save(tmp_path / "masks" / f"s{k}.png")
     if with_index:
-        with open(tmp_path / "index.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["slice_id", "pseudo_patient_group"])
-            for k in range(n):
-                w.writerow([f"s{k}", f"p{k // 2}"])
+        write_index(tmp_path, "pseudo_patient_group", {f"s{k}": f"p{k // 2}" for k in range(n)})
     return tmp_path
+
+
+def write_index(root: Path, group_column: str, groups: dict[str, str]) -> None:
+    """An index.csv with a slice_id column and the given group column."""
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slice_id", group_column])
+        w.writerows(groups.items())
 
 
 LUNG_LABELS = {"background": 0, "lung": [1, 2], "infection": 2}  # lung = the whole lung field, lesion included
@@ -72,11 +73,7 @@ def make_labelled_folder(tmp_path: Path, labels: dict | None = None, n: int = 3,
         Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(tmp_path / "images" / f"v{k}.png")
         Image.fromarray(rng.integers(0, 3, (size, size), dtype=np.uint8)).save(tmp_path / "masks" / f"v{k}.png")
     (tmp_path / "labels.json").write_text(json.dumps(LUNG_LABELS if labels is None else labels))
-    with open(tmp_path / "index.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["slice_id", "volume"])
-        for k in range(n):
-            w.writerow([f"v{k}", f"vol{k // 2}"])
+    write_index(tmp_path, "volume", {f"v{k}": f"vol{k // 2}" for k in range(n)})
     return tmp_path
 
 

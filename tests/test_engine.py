@@ -7,8 +7,14 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn.checkpoint import (CheckpointError, OutputExistsError, atomic_write_json, fresh_path, load_checkpoint,
-                                save_checkpoint)
+from crlearn.checkpoint import (
+    CheckpointError,
+    OutputExistsError,
+    atomic_write_json,
+    fresh_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from crlearn.data import SegmentationDataset
 from crlearn.engine import WeightEMA, fit, make_loader, validate
 from crlearn.model import CRNet, CRNetConfig

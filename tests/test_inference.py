@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn.data import AUGMENTATIONS, SegmentationDataset, apply_view
+from crlearn.augment import AUGMENTATIONS, apply_view
+from crlearn.data import SegmentationDataset
 from crlearn.inference import evaluate, predict, predict_logits
 from crlearn.metrics import boundary_f1, segmentation_scores
 from crlearn.model import CRNet, CRNetConfig

@@ -20,7 +20,6 @@ from crlearn.metrics import (
     segmentation_scores,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -8,7 +8,6 @@ from crlearn.coarse import CoarseModule
 from crlearn.model import VARIANTS, CRNet, CRNetConfig, CRNetOutput
 from crlearn.refine import RefineModule
 
-
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
 

@@ -7,7 +7,6 @@ from torch import nn
 
 from crlearn.blocks import ASPP, ConvBNReLU, effective_receptive_field, receptive_field
 
-
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
 
