@@ -119,3 +119,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = CRNet(CRNetConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def run_split(checkpoint: str | Path, part: str, data: str | Path) -> list[int]:
+    """Slice indices of a run's ``part`` (``train``, ``val``, ``test``, or ``held-out`` = val + test) of ``data``.
+
+    Read from the ``metrics.json`` that :func:`crlearn.train.run` wrote beside the checkpoint; a
+    :class:`CheckpointError` when there is none or it was made on another data folder.
+    """
+    path = Path(checkpoint).with_name("metrics.json")
+    try:
+        metrics = json.loads(path.read_text())
+        split, made_on = metrics["split"], metrics["data"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: no run split to take '{part}' from ({type(exc).__name__})") from None
+    if not isinstance(made_on, str) or Path(made_on).resolve() != Path(data).resolve():
+        raise CheckpointError(f"{path}: the run was split on {made_on}, not on {Path(data).resolve()}")
+    if part == "held-out":
+        return sorted(split["val"] + split["test"])
+    return list(split[part])

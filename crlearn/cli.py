@@ -1,10 +1,12 @@
-"""The ``crlearn`` command: train, evaluate, predict, ablate, bench. It parses arguments, calls the library and
-prints; the work is done by :func:`crlearn.train.run`, :func:`crlearn.inference.evaluate`,
-:func:`crlearn.ablation.run_ablation` and :mod:`crlearn.bench`.
+"""The ``crlearn`` command: train, evaluate, predict, burden, ablate, bench. It parses arguments, calls the library
+and prints; the work is done by :func:`crlearn.train.run`, :func:`crlearn.inference.evaluate`,
+:func:`crlearn.burden.burden`, :func:`crlearn.ablation.run_ablation` and :mod:`crlearn.bench`.
 
-    crlearn train [--data DIR] [--profile auto|quick|full] [--classes NAME ... | --merge] [--out RUN]
+    crlearn train [--data DIR ...] [--profile auto|quick|full] [--classes NAME ... | --merge] [--normalize KIND]
+                  [--out RUN]
     crlearn evaluate --checkpoint RUN/best.pt [--data DIR] [--out FILE.json]
     crlearn predict --checkpoint RUN/best.pt IMAGE.png ... [--out DIR]
+    crlearn burden --checkpoint RUN/best.pt [--data DIR] [--out FILE.json]
     crlearn ablate [--folds K] [--profile P] [--out DIR]
     crlearn bench model|ssim [options]
 
@@ -35,6 +37,11 @@ def _out(args: argparse.Namespace, default: str | Path, is_dir: bool = True) -> 
     return fresh_path(args.out or default, explicit=args.out is not None, force=args.force, is_dir=is_dir)
 
 
+def _normalization(ckpt: dict[str, Any]) -> str:
+    """The intensity normalisation the checkpoint's model was trained with (older checkpoints: none)."""
+    return ckpt["train_config"].get("normalize", "none")
+
+
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
     """The checkpoint's model on the chosen device: ``(model, checkpoint, device)``."""
     from .checkpoint import load_checkpoint
@@ -55,10 +62,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}
     if args.bce_only:
         overrides["hybrid"] = False
-    result = run(args.data, profile=profile, classes=args.classes, merge=True if args.merge else None,
+    data = args.data[0] if len(args.data) == 1 else args.data  # one folder: a path, as before
+    result = run(data, profile=profile, classes=args.classes, merge=True if args.merge else None,
                  variant=args.variant, out=_out(args, f"runs/train-{profile}"), force=args.force,
                  resume=args.resume, device=args.device, seed=args.seed, tta=args.tta, progress=not args.quiet,
-                 log=lambda line: print(f"crlearn train: {line}", flush=True), **overrides)
+                 log=lambda line: print(f"crlearn train: {line}", flush=True), normalize=args.normalize, **overrides)
     n_test = len(result.metrics["split"]["test"])
     print(f"test split ({n_test} slices), pooled at original resolution{_tta_note(args.tta)}:")
     print(format_table(result.test))
@@ -76,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, ckpt, device = _load_model(args)
     names = ckpt["class_names"]
     try:
-        ds = SegmentationDataset(args.data, classes=names)
+        ds = SegmentationDataset(args.data, classes=names, normalize=_normalization(ckpt))
     except DataError as exc:
         if not str(exc).startswith("unknown class"):
             raise
@@ -97,7 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import atomic_write_bytes
-    from .data import read_image
+    from .data import normalize_intensity, read_image
     from .inference import predict
     from .report import save_figure
     from .viz import plot_overlays
@@ -109,7 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = []
     for path in args.images:
         image = torch.from_numpy(read_image(path))[None, None]  # (1, 1, H, W)
-        _, labels = predict(model, image, size, device, tta=args.tta)
+        _, labels = predict(model, normalize_intensity(image, _normalization(ckpt)), size, device, tta=args.tta)
         h, w = image.shape[-2:]
         for k, name in enumerate(names):
             px = int(labels[0, k].sum())
@@ -123,6 +131,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "areas.csv", buf.getvalue().encode())
     print(buf.getvalue().rstrip())
     print(f"wrote {out}/: areas.csv and one overlay PNG per image")
+    print(DISCLAIMER)
+    return 0
+
+
+def _burden_classes(checkpoint: str, names: list[str]) -> list[str]:
+    """The checkpoint's class names, refused with a one-line error naming it when there is no infection class."""
+    from .burden import burden_channels
+    from .checkpoint import CheckpointError
+
+    try:
+        burden_channels(names)
+    except ValueError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from None
+    return names
+
+
+def cmd_burden(args: argparse.Namespace) -> int:
+    from .burden import burden, burden_markdown, burden_summary
+    from .checkpoint import atomic_write_json, fresh_path, run_split
+    from .data import SegmentationDataset
+    from .report import save_figure
+    from .viz import plot_burden
+
+    model, ckpt, device = _load_model(args)
+    names = _burden_classes(args.checkpoint, ckpt["class_names"])
+    part = None if args.split == "all" else run_split(args.checkpoint, args.split, args.data)  # from metrics.json
+    ds = SegmentationDataset(args.data)  # original images: the model's normalisation is applied by burden()
+    ds = ds if part is None else ds.subset(part)
+    out = _out(args, Path(args.checkpoint).with_name(f"burden-{Path(args.data).resolve().name}.json"), is_dir=False)
+    png = fresh_path(out.with_suffix(".png"), explicit=True, force=args.force)
+    result = burden(model, ds, ckpt["train_config"]["size"], device, tta=args.tta, class_names=names,
+                    normalize=_normalization(ckpt))
+    atomic_write_json(out, {"checkpoint": str(args.checkpoint), "data": str(Path(args.data).resolve()),
+                            "split": args.split, **result})
+    save_figure(plot_burden(result), png)
+    print(f"{args.data} ({args.split}): {len(ds)} slices, {result['n_groups']} patient groups, lesion / lung area "
+          f"at original resolution{_tta_note(args.tta)}:")
+    print(burden_markdown(result))
+    print(burden_summary(result))
+    print(f"wrote {out} and {png}")
     print(DISCLAIMER)
     return 0
 
@@ -171,12 +219,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- argument parsing
 
 
-def _add_data(sp: argparse.ArgumentParser) -> None:
+def _add_data(sp: argparse.ArgumentParser, several: bool = False) -> None:
     from .data import default_data_dir
 
-    sp.add_argument("--data", default=str(default_data_dir()),
-                    help="data folder: images/, masks/, index.csv, optional labels.json "
-                         "(default: data_sample/medseg_covid100)")
+    sp.add_argument("--data", default=[str(default_data_dir())] if several else str(default_data_dir()),
+                    nargs="+" if several else None,
+                    help="data folder" + ("(s), trained on together" if several else "")
+                         + ": images/, masks/, index.csv, optional labels.json (default: data_sample/medseg_covid100)")
 
 
 def _add_profile(sp: argparse.ArgumentParser) -> None:
@@ -213,14 +262,19 @@ def _add_budget(sp: argparse.ArgumentParser, minutes_help: str) -> None:
 
 
 def _train_parser(sub: Any) -> None:
+    from .data import NORMALIZATIONS
+
     t = sub.add_parser("train", help="train CR-Net on a data folder and evaluate it on its test split")
-    _add_data(t)
+    _add_data(t, several=True)
     _add_profile(t)
     t.add_argument("--classes", nargs="+", default=None,
                    help="classes of the folder's labels, one output each (full profile's default: all of them)")
     t.add_argument("--merge", action="store_true",
                    help="merge the classes into one 'infection' class (Table 7; the quick profile's default)")
     t.add_argument("--variant", choices=["unet", "unet_aspp", "crnet"], default=None, help="Table 7 row (default crnet)")
+    t.add_argument("--normalize", choices=list(NORMALIZATIONS), default="none",
+                   help="per-slice intensity normalisation, kept in the checkpoint and applied by evaluate, predict "
+                        "and burden (default none)")
     t.add_argument("--bce-only", action="store_true", help="plain BCE instead of the hybrid loss")
     t.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     t.add_argument("--size", type=int, default=None, help="override the profile's input size (multiple of 32)")
@@ -244,6 +298,16 @@ def _eval_parsers(sub: Any) -> None:
     pr.add_argument("images", nargs="+", help="grayscale PNG slices")
     _add_model_run(pr, "folder for areas.csv and the overlays (default: runs/predict)", quiet=False)
     pr.set_defaults(func=cmd_predict)
+
+    bu = sub.add_parser("burden", help="lesion / lung area per slice and patient against the truth (paper §3.4)")
+    bu.add_argument("--checkpoint", required=True, help="a best.pt or last.pt with an 'infection' class")
+    _add_data(bu)
+    bu.add_argument("--split", choices=["all", "train", "val", "test", "held-out"], default="all",
+                    help="which slices: all (default), or a part of the run's own split (its metrics.json), e.g. "
+                         "held-out = validation + test patients")
+    _add_model_run(bu, "JSON file, the figure beside it as .png (default: burden-<data folder>.json beside the "
+                       "checkpoint)", quiet=False)
+    bu.set_defaults(func=cmd_burden)
 
     a = sub.add_parser("ablate", help="the paper's Table 7 ablation, same split and seed for every row")
     _add_data(a)

@@ -17,6 +17,10 @@ In ``labels.json`` a plain integer is exactly that one mask value; a list makes 
 class may cover 0. Without ``labels.json`` the folder is read with MedSeg's labels (:data:`MEDSEG_LABELS`).
 
 Every problem with the input raises :class:`DataError` naming the file and what is wrong.
+
+Intensity normalisation (:func:`normalize_intensity`, ``SegmentationDataset(normalize=...)``) makes slices of
+different sources look alike: MedSeg's slices are display-windowed, the lung set's min-max scaled and CLAHE-equalised
+per slice, and a model trained on one meets a domain shift on the other (``results/cross_dataset.md``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ NAME_COLUMNS = ("slice_id", "name", "file")
 
 
 DEFAULT_DATA = "data_sample/medseg_covid100"  # one folder per data set under data_sample/
+NORMALIZATIONS = ("none", "standardize", "equalize")  # the kinds of normalize_intensity
+STANDARDIZE_CLIP = 3.0  # "standardize" keeps +-3 standard deviations and maps them onto [0, 1]
 
 
 def default_data_dir() -> Path:
@@ -191,6 +197,57 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[SliceRecor
     return records
 
 
+# ----------------------------------------------------------------------------- intensity normalisation
+
+
+def check_normalization(kind: str) -> str:
+    """``kind`` if it is one of :data:`NORMALIZATIONS`, else ValueError listing them."""
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"unknown intensity normalisation {kind!r}; expected one of {list(NORMALIZATIONS)}")
+    return kind
+
+
+def _normalize_slice(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """One slice (any shape, all its pixels together) normalised; a constant slice becomes mid-grey 0.5."""
+    flat = x.reshape(-1).float()
+    if flat.max() == flat.min():
+        return torch.full_like(x, 0.5, dtype=torch.float32)
+    if kind == "standardize":
+        z = ((flat - flat.mean()) / flat.std(correction=0)).clamp_(-STANDARDIZE_CLIP, STANDARDIZE_CLIP)
+        return ((z + STANDARDIZE_CLIP) / (2 * STANDARDIZE_CLIP)).reshape(x.shape)
+    ordered = flat.sort().values  # "equalize": count(pixels <= v), shifted so the darkest grey level maps to 0
+    below = torch.searchsorted(ordered, flat, right=True).float()
+    lowest = below.min()
+    return ((below - lowest) / (flat.numel() - lowest)).reshape(x.shape)
+
+
+def normalize_intensity(images: torch.Tensor, kind: str = "none") -> torch.Tensor:
+    """Per-slice intensity normalisation of ``(N, 1, H, W)`` or ``(1, H, W)`` images in [0, 1]; same shape, in [0, 1].
+
+    Each slice is normalised on its own statistics (so one slice's result never depends on the others):
+
+    - ``"none"``: the images as they are.
+    - ``"standardize"``: z-score, ``(x - mean) / std`` over the slice's pixels, clipped to +-3 std and mapped
+      linearly onto [0, 1] (the mean lands on 0.5): whatever the window or contrast a source used, every slice then
+      has the same mean and spread.
+    - ``"equalize"``: global histogram equalisation: each pixel's new grey level is the slice's cumulative
+      histogram at its value, ``(count(pixels <= v) - c0) / (n - c0)`` with ``c0`` the count of the darkest level
+      (as OpenCV's ``equalizeHist``), so the output is monotone in the input and its histogram roughly uniform. A
+      global stand-in for CLAHE (contrast-limited *adaptive* equalisation, tile by tile), which the lung set was
+      prepared with; CLAHE itself needs OpenCV or scikit-image, which crlearn does not install.
+
+    A constant slice (no contrast to spread) becomes 0.5 under both. Unknown ``kind``: ValueError listing the kinds.
+    """
+    check_normalization(kind)
+    if images.dim() not in (3, 4):
+        raise ValueError(f"images must be (N, 1, H, W) or (1, H, W), got shape {tuple(images.shape)}")
+    if kind == "none":
+        return images
+    if images.dim() == 3:
+        return _normalize_slice(images, kind)
+    return torch.stack([_normalize_slice(x, kind) for x in images]) if len(images) else images.float()
+
+
 # ----------------------------------------------------------------------------- the dataset
 
 
@@ -218,6 +275,8 @@ class SegmentationDataset(Dataset):
         indices: restrict to these slice indices (a split); ``None`` takes all.
         labels: class name -> mask value or list of values; ``None`` reads the folder's ``labels.json``
             (:func:`read_labels`; MedSeg's ggo=1, consolidation=2, effusion=3 without one).
+        normalize: intensity normalisation of every slice (:func:`normalize_intensity`: ``none``,
+            ``standardize``, ``equalize``), applied once as the slice is read, at its own size, before resizing.
 
     Slices are read, checked and resized once, at construction; ``__getitem__`` only augments. To split one data
     set several ways without reading it again, build it once with ``size=None`` and take its parts with
@@ -233,8 +292,10 @@ class SegmentationDataset(Dataset):
         augment: bool = False,
         indices: Sequence[int] | None = None,
         labels: dict[str, int] | dict[str, Sequence[int]] | None = None,
+        normalize: str = "none",
     ) -> None:
         self.root = Path(root)
+        self.normalize = check_normalization(normalize)
         self.label_values = read_labels(self.root) if labels is None else check_labels(labels, "labels")
         self.class_names, self._channel_labels = resolve_classes(classes, merge, self.label_values)
         self.max_label = max(v for vals in self.label_values.values() for v in vals)
@@ -253,7 +314,8 @@ class SegmentationDataset(Dataset):
                 f"{rec.mask_path}: mask size {label.shape[1]}x{label.shape[0]} does not match "
                 f"image {rec.image_path.name} size {image.shape[1]}x{image.shape[0]}"
             )
-        return torch.from_numpy(image)[None].clamp_(0, 1), torch.from_numpy(label)
+        image = normalize_intensity(torch.from_numpy(image)[None].clamp_(0, 1), self.normalize)
+        return image, torch.from_numpy(label)
 
     def _store(self, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Resize (image, label map) pairs to ``self.size`` and stack them into ``self.images`` / ``self.labels``;
@@ -276,7 +338,7 @@ class SegmentationDataset(Dataset):
     def subset(self, indices: Sequence[int], size: int | None = None, augment: bool = False) -> SegmentationDataset:
         """The slices at ``indices`` as a new dataset, from memory (no file is read again).
 
-        Same classes and labels as this one. ``size`` resizes exactly as construction does, so
+        Same classes, labels and intensity normalisation as this one. ``size`` resizes exactly as construction does, so
         ``full.subset(idx, size=S, augment=a)`` equals ``SegmentationDataset(root, size=S, augment=a,
         indices=idx)`` tensor for tensor when ``full`` was built with ``size=None``. ``size=None`` keeps this
         dataset's size. Resizing an already resized dataset to another size is refused (it would resample twice).

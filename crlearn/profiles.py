@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .data import NORMALIZATIONS
 from .model import CRNetConfig
 
 PROFILE_ENV = "CRLEARN_PROFILE"
@@ -42,6 +43,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this much training time (breaks exact repeatability)
     ema: float | None = None  # decay of an exponential moving average of weights and BN statistics (None: off)
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 + gradient scaler)
+    normalize: str = "none"  # per-slice intensity normalisation of the data (crlearn.data.normalize_intensity)
 
     def __post_init__(self) -> None:
         if self.size < 32 or self.size % 32:
@@ -53,6 +55,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1) or None, got {self.ema}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}")
 
 
 @dataclass

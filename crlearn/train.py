@@ -4,6 +4,10 @@
 profile, fits it (:func:`crlearn.engine.fit`), evaluates it on the validation and test splits at the data's own
 resolution (:func:`crlearn.inference.evaluate`) and, given a run folder, writes everything there atomically:
 ``best.pt``, ``last.pt``, ``history.json``, ``metrics.json``, ``learning_curve.png``, ``test_overlays.png``.
+
+Several data folders train one model on all of them (e.g. MedSeg and the lung set, with ``infection`` as the shared
+class): each folder is loaded and split by its own groups, the training and validation parts are joined, and the
+model is evaluated on each folder's validation and test split apart (the folders' images differ in size and look).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils.data import ConcatDataset, Dataset
 
+from .arrays import DataError
 from .checkpoint import atomic_write_json, fresh_path
 from .data import MERGED_CLASS, SegmentationDataset, default_data_dir, read_labels
 from .engine import fit
@@ -28,12 +34,16 @@ RUN_FILES = ("best.pt", "last.pt", "history.json", "metrics.json", "learning_cur
 
 @dataclass
 class TrainResult:
-    """What :func:`run` returns: the trained model (best weights), its history, metrics and where it was written."""
+    """What :func:`run` returns: the trained model (best weights), its history, metrics and where it was written.
+
+    ``dataset`` is the whole data set at its own resolution; with several folders, the list of them (in the order
+    given). ``test`` is ``metrics["test"]``: the evaluation dict, or with several folders folder name -> that dict.
+    """
 
     model: CRNet
     history: dict[str, list[float]]
     metrics: dict[str, Any]  # the content of metrics.json: val and test metrics, split, profile, hardware...
-    dataset: SegmentationDataset  # the whole data set at its own resolution
+    dataset: SegmentationDataset | list[SegmentationDataset]
     out: Path | None  # the run folder (None: nothing written)
 
     @property
@@ -41,74 +51,162 @@ class TrainResult:
         return self.metrics["test"]
 
 
-def run(data: str | Path | None = None, profile: str | None = None, classes: Sequence[str] | None = None,
-        merge: bool | None = None, variant: str | None = None, out: str | Path | None = None, force: bool = False,
-        resume: str | Path | None = None, device: str | torch.device | None = None, seed: int = 0,
-        tta: bool = True, progress: bool = True, log: Callable[[str], Any] | None = print,
-        **overrides: Any) -> TrainResult:
-    """Train and evaluate CR-Net on a data folder; returns a :class:`TrainResult`.
+@dataclass
+class Part:
+    """One data folder of a run: its name in the metrics, the whole data set and its own split."""
+
+    key: str
+    full: SegmentationDataset
+    split: dict[str, list[int]]
+
+
+def data_folders(data: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The folder(s) of ``run(data=...)``: one path, several, or ``None`` for the bundled MedSeg set."""
+    if data is None:
+        return [default_data_dir()]
+    folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    if not folders:
+        raise ValueError("data: no folder given")
+    resolved = [f.resolve() for f in folders]
+    if len(set(resolved)) < len(resolved):
+        raise ValueError(f"data: a folder is given twice: {[str(f) for f in folders]}")
+    return folders
+
+
+def _task(folder: Path, merge_default: bool, classes: Sequence[str] | None,
+          merge: bool | None) -> tuple[Sequence[str] | None, bool]:
+    """classes and merge for one folder: by default the profile's task, ``infection`` a class of its own where
+    the folder's labels declare one."""
+    if classes is None and merge is None:
+        if merge_default and MERGED_CLASS in read_labels(folder):
+            return [MERGED_CLASS], False
+        return None, merge_default
+    return classes, bool(merge)
+
+
+def load_parts(folders: Sequence[Path], merge_default: bool, classes: Sequence[str] | None, merge: bool | None,
+               normalize: str, seed: int) -> list[Part]:
+    """Load every folder once and split it by its own groups; every folder must resolve to the same classes."""
+    keys = [f.name for f in folders]
+    if len(set(keys)) < len(keys):
+        keys = [str(f.resolve()) for f in folders]
+    parts = []
+    for key, folder in zip(keys, folders):
+        cls, mrg = _task(folder, merge_default, classes, merge)
+        full = SegmentationDataset(folder, classes=cls, merge=mrg, normalize=normalize)
+        parts.append(Part(key, full, split_by_group(full.groups, seed=seed)))
+    if any(p.full.class_names != parts[0].full.class_names for p in parts):
+        found = "; ".join(f"{p.full.root}: {p.full.class_names}" for p in parts)
+        raise DataError(f"the data folders give different classes ({found}); choose classes all of them have, "
+                        f"e.g. classes=['{MERGED_CLASS}']")
+    return parts
+
+
+def split_groups(parts: Sequence[Part]) -> dict[str, list[str]]:
+    """The patient groups of each split part, named ``folder/group`` so that groups of two folders never collide."""
+    return {name: sorted({f"{p.key}/{p.full.groups[i]}" for p in parts for i in p.split[name]})
+            for name in ("train", "val", "test")}
+
+
+def _joined(sets: list[SegmentationDataset]) -> Dataset:
+    return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+
+def _per_folder(parts: Sequence[Part], values: list[Any]) -> Any:
+    """One folder: the value itself (the single-folder layout); several: folder name -> value."""
+    return values[0] if len(parts) == 1 else {p.key: v for p, v in zip(parts, values)}
+
+
+def _describe(parts: Sequence[Part]) -> str:
+    def one(p: Part) -> str:
+        s = p.split
+        return (f"{len(s['train'])}/{len(s['val'])}/{len(s['test'])} train/val/test slices "
+                f"({len(set(p.full.groups))} patient groups)")
+    return one(parts[0]) if len(parts) == 1 else "; ".join(f"{p.key}: {one(p)}" for p in parts)
+
+
+def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | None = None,
+        classes: Sequence[str] | None = None, merge: bool | None = None, variant: str | None = None,
+        out: str | Path | None = None, force: bool = False, resume: str | Path | None = None,
+        device: str | torch.device | None = None, seed: int = 0, tta: bool = True, progress: bool = True,
+        log: Callable[[str], Any] | None = print, normalize: str | None = None, **overrides: Any) -> TrainResult:
+    """Train and evaluate CR-Net on a data folder, or on several together; returns a :class:`TrainResult`.
 
     Args:
-        data: the data folder (default: the bundled MedSeg set).
+        data: the data folder (default: the bundled MedSeg set), or a list of folders to train on together. Each
+            folder is split by its own groups (seed ``seed``); the training and validation parts are joined.
         profile: ``quick``, ``full`` or ``auto``/``None`` (see :func:`crlearn.profiles.resolve_profile`).
         classes, merge: the task (see :class:`~crlearn.data.SegmentationDataset`); by default the profile's
-            (quick: the merged infection class; full: one channel per class).
+            (quick: the merged infection class; full: one channel per class). Resolved per folder: every folder
+            must give the same channels (``classes=["infection"]``: MedSeg's merged union, the lung set's class).
         variant: a Table 7 row of the model (``unet``, ``unet_aspp``, ``crnet``; default ``crnet``).
         out: the run folder; ``None`` writes nothing. An existing non-empty folder needs ``force``.
         resume: a ``last.pt`` to continue.
         seed: seeds the split, the weights and the batch order.
         tta: evaluate with five-view test-time augmentation.
         log: called with one line before and after training (``None``: silent).
+        normalize: per-slice intensity normalisation (``none``, ``standardize``, ``equalize``:
+            :func:`crlearn.data.normalize_intensity`); ``None``: the TrainConfig default, ``none``. Kept in the
+            checkpoints' ``train_config``.
         overrides: :class:`~crlearn.profiles.TrainConfig` fields (``epochs``, ``size``, ``lr``, ``hybrid``...).
+
+    ``metrics`` holds ``val`` and ``test`` (:func:`crlearn.inference.evaluate` dicts), ``split`` (slice indices)
+    and ``data`` (the folder); with several folders each of these is a dict folder name -> value (``data`` a list
+    of paths), and ``split_groups`` names each part's groups as ``folder/group``.
     """
     name = resolve_profile(profile)
     prof = PROFILES[name]
+    if normalize is not None:
+        overrides["normalize"] = normalize
     cfg = prof.train_config(seed=seed, **overrides)
     device = pick_device(device)
     out = fresh_path(out, explicit=True, force=force, is_dir=True) if out is not None else None
-    data = data if data is not None else default_data_dir()
-    if classes is None and merge is None:  # the profile's task; "infection" is a class of its own where declared
-        merge = prof.merge
-        if merge and MERGED_CLASS in read_labels(data):
-            classes, merge = [MERGED_CLASS], False
-    full = SegmentationDataset(data, classes=classes, merge=bool(merge))
-    split = split_by_group(full.groups, seed=seed)
-    names = full.class_names
+    parts = load_parts(data_folders(data), prof.merge, classes, merge, cfg.normalize, seed)
+    names = parts[0].full.class_names
     torch.manual_seed(cfg.seed)
     model = CRNet(prof.model_config(num_classes=len(names), **({"variant": variant} if variant else {})))
     if log:
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
-            f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test slices "
-            f"({len(set(full.groups))} patient groups); {cfg.size}px, up to {cfg.epochs} epochs"
-            + (f" -> {out}" if out else ""))
-    train_set = full.subset(split["train"], size=cfg.size, augment=cfg.augment)
-    val_set = full.subset(split["val"], size=cfg.size)
+            f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
+    train_set = _joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts])
+    val_set = _joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts])
     history = fit(model, train_set, val_set, cfg, names, run_dir=out, resume=resume, device=device, progress=progress)
     metrics: dict[str, Any] = {
-        "profile": name, "hardware": hardware(), "device": str(device), "data": str(full.root.resolve()),
-        "class_names": names, "split": split, "train_seconds": sum(history["seconds"]),
-        "epochs_run": len(history["epoch"]), "tta": tta, "note": DISCLAIMER,
+        "profile": name, "hardware": hardware(), "device": str(device),
+        "data": _per_folder(parts, [str(p.full.root.resolve()) for p in parts]),
+        "class_names": names, "split": _per_folder(parts, [p.split for p in parts]),
+        "train_seconds": sum(history["seconds"]), "epochs_run": len(history["epoch"]), "tta": tta,
+        "normalize": cfg.normalize, "note": DISCLAIMER,
     }
+    if len(parts) > 1:
+        metrics["data"] = list(metrics["data"].values())
+        metrics["split_groups"] = split_groups(parts)
     for part in ("val", "test"):
-        metrics[part] = evaluate(model, full.subset(split[part]), cfg.size, device, tta=tta)
+        metrics[part] = _per_folder(parts, [evaluate(model, p.full.subset(p.split[part]), cfg.size, device, tta=tta)
+                                            for p in parts])
     if out is not None:
-        write_run(out, model, full, split, history, metrics, cfg.size, device, tta)
+        write_run(out, model, parts, history, metrics, cfg.size, device, tta)
     if log:
         log(f"trained {len(history['epoch'])} epochs in {metrics['train_seconds']:.0f} s")
-    return TrainResult(model, history, metrics, full, out)
+    return TrainResult(model, history, metrics, parts[0].full if len(parts) == 1 else [p.full for p in parts], out)
 
 
-def write_run(out: Path, model: CRNet, full: SegmentationDataset, split: dict[str, list[int]],
-              history: dict[str, list[float]], metrics: dict[str, Any], size: int, device: torch.device,
-              tta: bool) -> None:
-    """metrics.json, the learning curve and four test overlays, beside the checkpoints ``fit`` wrote."""
+def write_run(out: Path, model: CRNet, parts: Sequence[Part], history: dict[str, list[float]],
+              metrics: dict[str, Any], size: int, device: torch.device, tta: bool) -> None:
+    """metrics.json, the learning curve and four test overlays (shared among the folders), beside the checkpoints
+    ``fit`` wrote."""
     from .viz import plot_history, plot_overlays
 
     atomic_write_json(out / "metrics.json", metrics)
     save_figure(plot_history(history, f"profile {metrics['profile']}, {metrics['hardware']}"),
                 out / "learning_curve.png")
-    test = full.subset(split["test"][:4])
-    _, pred = predict(model, test.images, size, device, tta=tta)
-    fig = plot_overlays(test.images, test.one_hot(test.labels), pred, full.class_names,
-                        titles=[r.name for r in test.records])
+    images, targets, preds, titles = [], [], [], []
+    for p in parts:
+        test = p.full.subset(p.split["test"][: max(1, 4 // len(parts))])
+        _, pred = predict(model, test.images, size, device, tta=tta)
+        images += list(test.images)
+        targets += list(test.one_hot(test.labels))
+        preds += list(pred)
+        titles += [r.name for r in test.records]
+    fig = plot_overlays(images, targets, preds, parts[0].full.class_names, titles=titles)
     save_figure(fig, out / "test_overlays.png")

@@ -1,4 +1,5 @@
-"""Figures: lesion overlays (like the paper's Fig. 6), learning curves, the ablation bar chart, a slice browser.
+"""Figures: lesion overlays (like the paper's Fig. 6), learning curves, the ablation bar chart, the lesion burden
+(§3.4: predicted vs true, Bland-Altman), a slice browser.
 
 Every function returns a matplotlib ``Figure`` (or an ipywidgets box) and prints nothing.
 """
@@ -111,6 +112,51 @@ def plot_ablation(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# Okabe & Ito's colour-blind-safe palette: slices in blue, patient groups in vermillion.
+BURDEN_STYLE = {"slices": dict(color="#0072B2", marker="o", s=16, alpha=0.6, label="slice"),
+                "groups": dict(color="#D55E00", marker="s", s=48, label="patient group (pooled pixels)")}
+
+
+def _burden_points(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(r["pred_percent"], r["true_percent"]) for r in rows
+             if r["pred_percent"] is not None and r["true_percent"] is not None]
+    arr = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def plot_burden(result: dict[str, Any]) -> Figure:
+    """Lesion burden (:func:`crlearn.burden.burden`): predicted vs true % with the identity line, and the
+    Bland-Altman plot (difference vs mean, with the per-group bias and limits of agreement); slices as blue
+    circles, patient groups as vermillion squares."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    top = 1.0
+    for key in ("slices", "groups"):
+        pred, true = _burden_points(result[key])
+        top = max([top, *pred, *true])
+        ax1.scatter(true, pred, **BURDEN_STYLE[key])
+        ax2.scatter((pred + true) / 2, pred - true, **BURDEN_STYLE[key])
+    lim = (-0.02 * top, 1.05 * top)
+    ax1.plot(lim, lim, color="0.4", lw=1, ls="--", label="identity")
+    ax1.set(xlabel="true lesion / lung (%)", ylabel="predicted lesion / lung (%)", xlim=lim, ylim=lim, aspect="equal")
+    ax1.legend(fontsize=8, loc="upper left")
+    ba = result["agreement"]["per_group"]["bland_altman"]
+    for value, style, label in ((ba["bias"], "-", "bias"), (ba["lower"], ":", "bias - 1.96 sd"),
+                                (ba["upper"], ":", "bias + 1.96 sd")):
+        if value is not None:
+            ax2.axhline(value, color=BURDEN_STYLE["groups"]["color"], ls=style, lw=1)
+            ax2.annotate(f"{label}: {value:+.2f}", (1, value), xycoords=("axes fraction", "data"), ha="right",
+                         va="bottom", fontsize=7)
+    ax2.axhline(0, color="0.4", lw=0.8)
+    ax2.set(xlabel="mean of predicted and true (%)", ylabel="predicted - true (percentage points)")
+    ax2.set_title("Bland-Altman (lines: patient groups)", fontsize=9)
+    mae = result["mae_percentage_points"]
+    ax1.set_title(f"lung field: predicted {result['lung_source']}, true {result['true_lung_source']}; "
+                  f"MAE per group {'n/a' if mae is None else f'{mae:.2f}'} pp", fontsize=9)
+    fig.suptitle(DISCLAIMER, fontsize=8)
     fig.tight_layout()
     return fig
 

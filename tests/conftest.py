@@ -26,28 +26,42 @@ def seeded():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def small_data(tmp_path_factory) -> Path:
-    """A small real data folder: the first two slices (in index order) of each of the first six groups."""
+def copy_first_slices(src: Path, root: Path, group_column: str, groups: int, per_group: int = 2) -> Path:
+    """Copy into ``root`` the first ``per_group`` slices (in index order) of each of the first ``groups`` groups of
+    the data folder ``src``, with its labels.json and the matching rows of its index.csv."""
     import csv
     import shutil
 
-    root = tmp_path_factory.mktemp("small")
-    with open(SAMPLE / "index.csv", newline="") as f:
+    with open(src / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     chosen, seen = [], {}
     for row in rows:
-        g = row["pseudo_patient_group"]
-        if seen.get(g, 0) < 2 and (g in seen or len(seen) < 6):
+        g = row[group_column]
+        if seen.get(g, 0) < per_group and (g in seen or len(seen) < groups):
             seen[g] = seen.get(g, 0) + 1
             chosen.append(row)
     for sub in ("images", "masks"):
         (root / sub).mkdir()
         for row in chosen:
-            shutil.copy(SAMPLE / sub / f"{row['slice_id']}.png", root / sub)
-    shutil.copy(SAMPLE / "labels.json", root)
+            shutil.copy(src / sub / f"{row['slice_id']}.png", root / sub)
+    shutil.copy(src / "labels.json", root)
     with open(root / "index.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(chosen)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """A small real data folder: the first two slices (in index order) of each of the first six groups."""
+    return copy_first_slices(SAMPLE, tmp_path_factory.mktemp("small"), "pseudo_patient_group", groups=6)
+
+
+LUNG_SET = ROOT / "data_sample" / "covid19_ct_lung_infection"  # the bundled lung/infection set (109 slices)
+
+
+@pytest.fixture(scope="session")
+def lung_data(tmp_path_factory) -> Path:
+    """A small copy of the lung set: the first two slices (in index order) of each of its first three volumes."""
+    return copy_first_slices(LUNG_SET, tmp_path_factory.mktemp("lung"), "volume", groups=3)

@@ -15,6 +15,20 @@ from crlearn.profiles import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def spy_run(monkeypatch) -> dict:
+    """Replace crlearn.train.run by a spy that records its arguments and stops the command."""
+    from crlearn import train
+
+    seen = {}
+
+    def fake_run(data, **kwargs):
+        seen.update(kwargs, data=data)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train, "run", fake_run)
+    return seen
+
+
 def test_cli_train_evaluate_predict(small_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--data", str(small_data), "--profile", "quick", "--epochs", "1", "--size", "64",
@@ -41,6 +55,15 @@ def test_cli_train_evaluate_predict(small_data, tmp_path, capsys):
     assert [r["class"] for r in rows] == ["infection"]
     assert 0.0 <= float(rows[0]["fraction"]) <= 1.0
     assert (tmp_path / "pred" / f"{image.stem}_overlay.png").exists()
+
+    # the burden of the patients this run held out (its metrics.json holds the split)
+    assert main(["burden", "--checkpoint", str(run / "best.pt"), "--data", str(small_data), "--split", "held-out",
+                 "--out", str(tmp_path / "b.json")]) == 0
+    held = metrics["split"]["val"] + metrics["split"]["test"]
+    assert json.loads((tmp_path / "b.json").read_text())["n_slices"] == len(held)
+    assert main(["burden", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "pred"), "--split",
+                 "test"]) == 2  # another folder than the run's
+    assert "was split on" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -85,15 +108,7 @@ def test_cli_ablate_two_folds_writes_table_json_and_chart(small_data, tmp_path, 
 
 def test_cli_train_is_the_library_run(small_data, tmp_path, monkeypatch):
     """cmd_train builds no data set itself: it hands its arguments to crlearn.train.run."""
-    from crlearn import train
-
-    seen = {}
-
-    def fake_run(data, **kwargs):
-        seen.update(kwargs, data=data)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(train, "run", fake_run)
+    seen = spy_run(monkeypatch)
     with pytest.raises(SystemExit):
         main(["train", "--data", str(small_data), "--profile", "quick", "--epochs", "3", "--bce-only", "--no-tta",
               "--device", "cpu", "--out", str(tmp_path / "r")])
@@ -141,3 +156,83 @@ def test_cli_bench_ssim_passes_every_flag(monkeypatch):
     assert main(["bench", "ssim", "--size", "32", "--batch-size", "2", "--steps", "3", "--warmup", "1",
                  "--device", "cpu"]) == 0
     assert calls == [dict(batch_size=2, size=32, repeats=3, warmup=1, device="cpu")]
+
+
+def _lung_checkpoint(tmp_path, names=("lung", "infection")):
+    torch.manual_seed(0)
+    model = CRNet(CRNetConfig(num_classes=len(names), prior=0.7, **TINY))  # untrained, predicts most pixels
+    save_checkpoint(tmp_path / "best.pt", model, list(names), TrainConfig(size=64))
+    return tmp_path / "best.pt"
+
+
+def test_cli_burden_writes_json_and_figure_and_never_overwrites(tmp_path, capsys):
+    from test_burden import make_lung_folder
+
+    data = make_lung_folder(tmp_path / "lungs")
+    ckpt = _lung_checkpoint(tmp_path)
+    argv = ["burden", "--checkpoint", str(ckpt), "--data", str(data), "--no-tta", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| v1 | 2 | 16.67 |" in out and "per patient group (n=2): MAE" in out and "not a diagnosis" in out
+    result = json.loads((tmp_path / "burden-lungs.json").read_text())
+    assert result["lung_source"] == "model" and result["true_lung_source"] == "masks"
+    assert 0.0 <= result["mae_percentage_points"] <= 100.0
+    assert [g["group"] for g in result["groups"]] == ["v1", "v2"] and result["groups"][0]["n_slices"] == 2
+    assert (tmp_path / "burden-lungs.png").stat().st_size > 0
+    assert main(argv) == 0  # a default name never overwrites
+    assert (tmp_path / "burden-lungs-2.json").exists() and (tmp_path / "burden-lungs-2.png").exists()
+
+
+def test_cli_burden_on_medseg_says_the_lung_field_is_classical(tmp_path, small_data, capsys):
+    ckpt = _lung_checkpoint(tmp_path, ["infection"])
+    out = tmp_path / "b.json"
+    assert main(["burden", "--checkpoint", str(ckpt), "--data", str(small_data), "--no-tta", "--out", str(out)]) == 0
+    assert "classical image-only lung field (no lung masks in this folder)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["true_lung_source"] == "classical" and out.with_suffix(".png").exists()
+
+
+def test_cli_burden_refuses_a_checkpoint_without_infection(tmp_path, small_data, capsys):
+    ckpt = _lung_checkpoint(tmp_path, ["ggo", "consolidation"])
+    assert main(["burden", "--checkpoint", str(ckpt), "--data", str(small_data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(ckpt) in err and "'infection'" in err
+
+
+def test_cli_evaluate_a_lung_and_infection_model(tmp_path, capsys):
+    from test_burden import make_lung_folder
+
+    data = make_lung_folder(tmp_path / "lungs")
+    ckpt = _lung_checkpoint(tmp_path)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--no-tta", "--out", str(out)]) == 0
+    pooled = json.loads(out.read_text())["metrics"]["pooled"]
+    assert set(pooled) == {"lung", "infection"}  # infection is declared: no second, merged infection row
+    assert 0.0 <= pooled["lung"]["dice"] <= 1.0 and 0.0 <= pooled["infection"]["dice"] <= 1.0
+
+
+def test_cli_evaluate_and_predict_apply_the_checkpoints_normalisation(tmp_path, small_data, monkeypatch):
+    from crlearn import data as data_mod
+
+    seen = []
+    real = data_mod.normalize_intensity
+    monkeypatch.setattr(data_mod, "normalize_intensity", lambda x, kind="none": seen.append(kind) or real(x, kind))
+    model = CRNet(CRNetConfig(num_classes=1, **TINY))
+    save_checkpoint(tmp_path / "n.pt", model, ["infection"], TrainConfig(size=64, normalize="equalize"))
+    image = next((small_data / "images").iterdir())
+    assert main(["predict", "--checkpoint", str(tmp_path / "n.pt"), str(image), "--no-tta",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert seen == ["equalize"]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "n.pt"), "--data", str(small_data), "--no-tta",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert seen[1:] and set(seen[1:]) == {"equalize"}  # every slice, as SegmentationDataset reads it
+
+
+def test_cli_train_takes_several_folders_and_a_normalisation(small_data, tmp_path, monkeypatch):
+    seen = spy_run(monkeypatch)
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(small_data), str(tmp_path), "--normalize", "standardize",
+              "--out", str(tmp_path / "r")])
+    assert seen["data"] == [str(small_data), str(tmp_path)] and seen["normalize"] == "standardize"
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "r")])
+    assert isinstance(seen["data"], str) and seen["normalize"] == "none"  # the default folder, as a path

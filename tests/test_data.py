@@ -16,12 +16,15 @@ from PIL import Image
 from crlearn.augment import AUGMENTATIONS, apply_view, augment_pair
 from crlearn.data import (
     MEDSEG_LABELS,
+    NORMALIZATIONS,
     DataError,
     SegmentationDataset,
+    normalize_intensity,
     read_image,
     read_labels,
     resolve_classes,
 )
+from crlearn.profiles import TrainConfig
 from crlearn.splits import group_folds, split_by_group
 
 INDEX_COLUMNS = {"ggo": "px_ggo", "consolidation": "px_consolidation", "effusion": "px_pleural_effusion"}
@@ -421,3 +424,70 @@ def test_bad_labels_json_raises_naming_the_file(tmp_path, text, problem):
     assert message.startswith(f"{root / 'labels.json'}: ") and problem in message and "\n" not in message
     with pytest.raises(DataError, match=re.escape(problem)):
         read_labels(root)
+
+
+# ----------------------------------------------------------------------------- intensity normalisation
+
+
+def test_normalize_none_is_the_identity():
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(normalize_intensity(x, "none"), x) and torch.equal(normalize_intensity(x[0], "none"), x[0])
+
+
+def test_standardize_known_mean_and_std_and_the_clip():
+    half = torch.tensor([0.2, 0.4]).repeat_interleave(32).reshape(1, 8, 8)  # mean 0.3, std 0.1: z = -1 and +1
+    out = normalize_intensity(half, "standardize")
+    assert out.shape == (1, 8, 8)
+    assert torch.allclose(out, torch.where(half < 0.3, 1 / 3, 2 / 3), atol=1e-6)  # (z + 3) / 6
+    outlier = torch.zeros(1, 1, 10, 10)
+    outlier[0, 0, 0, 0] = 1.0  # mean 0.01, std sqrt(0.01 * 0.99): z = 9.95 (clipped to 3) and -0.1005
+    z0 = -0.01 / np.sqrt(0.01 * 0.99)
+    out = normalize_intensity(outlier, "standardize")
+    assert float(out[0, 0, 0, 0]) == 1.0 and torch.allclose(out[0, 0, 1:], torch.tensor(float(z0 + 3) / 6), atol=1e-6)
+    # per slice: a slice and a brighter, lower-contrast copy of it standardise alike
+    x = torch.rand(1, 1, 16, 16)
+    both = normalize_intensity(torch.cat([x, 0.3 + 0.5 * x]), "standardize")
+    assert torch.allclose(both[0], both[1], atol=1e-5) and torch.allclose(both[0], normalize_intensity(x[0], "standardize"))
+
+
+def test_equalize_is_monotone_and_flattens_the_histogram():
+    ramp = (torch.linspace(0, 1, 256) ** 3)[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    out = normalize_intensity(ramp.reshape(1, 1, 16, 16), "equalize").reshape(-1)
+    order = ramp.argsort()
+    assert torch.allclose(out[order], torch.linspace(0, 1, 256), atol=1e-6)  # rank / (n - 1): exactly uniform
+    assert torch.histc(out, bins=8, min=0, max=1).tolist() == [32.0] * 8  # the cubed ramp's histogram was skewed
+    grey = torch.randint(0, 256, (2, 1, 32, 32), generator=torch.Generator().manual_seed(1)).float() ** 2 / 255**2
+    eq = normalize_intensity(grey, "equalize")
+    for g, e in zip(grey.reshape(2, -1), eq.reshape(2, -1)):
+        i = g.argsort()
+        assert (e[i].diff() >= 0).all() and float(e.min()) == 0.0 and float(e.max()) == 1.0
+        assert torch.equal(e[g == g[0]], e[g == g[0]][:1].expand(int((g == g[0]).sum())))  # one grey in, one out
+
+
+def test_constant_slice_becomes_mid_grey_and_bad_kinds_are_refused():
+    flat = torch.full((2, 1, 4, 4), 0.7)
+    for kind in ("standardize", "equalize"):
+        assert torch.equal(normalize_intensity(flat, kind), torch.full_like(flat, 0.5))
+    with pytest.raises(ValueError, match="'none', 'standardize', 'equalize'"):
+        normalize_intensity(flat, "clahe")
+    with pytest.raises(ValueError, match="shape"):
+        normalize_intensity(flat[0, 0], "standardize")
+    with pytest.raises(ValueError, match="standardize"):
+        SegmentationDataset(SAMPLE, normalize="zscore")
+    with pytest.raises(ValueError, match="normalize"):
+        TrainConfig(normalize="zscore")
+    assert TrainConfig().normalize == "none"
+
+
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_dataset_normalize_equals_normalize_intensity_of_the_raw_images(kind, tmp_path):
+    root = make_labelled_folder(tmp_path, n=4, size=40)
+    raw = SegmentationDataset(root, classes=["infection"])
+    full = SegmentationDataset(root, classes=["infection"], normalize=kind)
+    assert full.normalize == kind and torch.equal(full.labels, raw.labels)
+    assert torch.equal(full.images, normalize_intensity(raw.images, kind))
+    assert 0.0 <= float(full.images.min()) and float(full.images.max()) <= 1.0
+    part = full.subset([3, 1], size=32, augment=True)  # applied once, before resizing; subset keeps it
+    direct = SegmentationDataset(root, classes=["infection"], normalize=kind, size=32, augment=True, indices=[3, 1])
+    assert part.normalize == kind
+    assert_same_dataset(part, direct)
