@@ -34,3 +34,11 @@ def test_the_teaching_blocks_do_not_depend_on_the_speed_workarounds():
         imported = {n.module for n in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text()))
                     if isinstance(n, ast.ImportFrom) and n.module}
         assert "perf" not in imported, name
+
+
+def test_stored_notebooks_hold_no_execution_timestamps():
+    import json
+
+    for path in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        assert not [i for i, c in enumerate(cells) if "execution" in c.get("metadata", {})], path.name
