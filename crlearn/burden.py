@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import GROUP_COLUMNS, MERGED_CLASS, DataError, read_index
+from .data import (
+    GROUP_COLUMNS,
+    MERGED_CLASS,
+    DataError,
+    normalize_intensity,
+    read_index,
+)
 from .inference import predict
 from .report import DISCLAIMER, markdown_table
 from .severity import include_lesions, lung_mask_steps
@@ -223,17 +229,9 @@ def _with_lesions(fields: np.ndarray, lesions: Any) -> np.ndarray:
 
 
 def _predict_masks(model: nn.Module, images: torch.Tensor, size: int, device: Any, tta: bool,
-                   normalize: str, batch_size: int = 8) -> torch.Tensor:
+                   normalize: str) -> torch.Tensor:
     """Boolean predictions ``(N, K, H, W)`` at the images' own size; the model sees normalised images."""
-    outs = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        if normalize != "none":
-            from .data import normalize_intensity
-
-            x = normalize_intensity(x, normalize)
-        outs.append(predict(model, x, size, device, tta=tta)[1])
-    return torch.cat(outs)
+    return predict(model, normalize_intensity(images, normalize), size, device, tta=tta)[1]
 
 
 def burden(model: nn.Module, dataset: Any, size: int, device: str | torch.device | None = None, tta: bool = True,

@@ -14,8 +14,9 @@ import time
 import numpy as np
 import torch
 
+from crlearn.burden import group_areas, percent, slice_areas
 from crlearn.data import SegmentationDataset
-from crlearn.metrics import segmentation_scores
+from crlearn.metrics import confusion_counts, ratios_from_counts
 from crlearn.report import hardware
 from crlearn.severity import include_lesions, lung_mask
 
@@ -25,23 +26,18 @@ masks = ds.one_hot(ds.labels).bool()  # (N, 2, H, W): lung, infection
 t0 = time.perf_counter()
 fields = np.stack([lung_mask(ds.images[i, 0]) for i in range(len(ds))])  # image only
 seconds = (time.perf_counter() - t0) / len(ds)
-united = np.stack([include_lesions(fields[i], masks[i, 1].numpy()) for i in range(len(ds))])
-inf = masks[:, 1].numpy()
-true_lung = masks[:, 0].numpy()
-rows, groups = [], {}
-for i, rec in enumerate(ds.records):
-    t = inf[i].sum() / true_lung[i].sum()
-    c = (inf[i] & united[i]).sum() / max(united[i].sum(), 1)
-    d = float(segmentation_scores(torch.from_numpy(fields[i])[None, None], masks[i : i + 1, :1])["dice"][0])
-    rows.append({"slice": rec.name, "group": rec.group, "lung_dice": d, "true_ratio": float(t),
-                 "classical_ratio": float(c)})
-    g = groups.setdefault(rec.group, [0, 0, 0, 0])
-    g[0] += int(inf[i].sum()); g[1] += int(true_lung[i].sum())
-    g[2] += int((inf[i] & united[i]).sum()); g[3] += int(united[i].sum())
-dices = np.array([r["lung_dice"] for r in rows])
-err = np.array([100 * (r["classical_ratio"] - r["true_ratio"]) for r in rows])
-per_group = {k: {"slices": sum(r["group"] == k for r in rows), "true_ratio": v[0] / v[1],
-                 "classical_ratio": v[2] / v[3]} for k, v in sorted(groups.items())}
+inf, true_lung = masks[:, 1].numpy(), masks[:, 0].numpy()
+united = np.stack([include_lesions(f, m) for f, m in zip(fields, inf)])  # as crlearn burden does without lung masks
+counts = confusion_counts(torch.from_numpy(fields)[:, None], masks[:, :1])  # per slice
+dices = ratios_from_counts(counts["tp"], counts["fp"], counts["fn"])["dice"][:, 0].numpy()
+true_areas, classical_areas = slice_areas(inf, true_lung), slice_areas(inf, united)
+true_ratio, classical_ratio = percent(*true_areas) / 100, percent(*classical_areas) / 100
+rows = [{"slice": rec.name, "group": rec.group, "lung_dice": float(d), "true_ratio": float(t),
+         "classical_ratio": float(c)} for rec, d, t, c in zip(ds.records, dices, true_ratio, classical_ratio)]
+err = 100 * (classical_ratio - true_ratio)
+true_g, classical_g = group_areas(*true_areas, ds.groups), group_areas(*classical_areas, ds.groups)
+per_group = {k: {"slices": int(true_g[k][0]), "true_ratio": float(true_g[k][1] / true_g[k][2]),
+                 "classical_ratio": float(classical_g[k][1] / classical_g[k][2])} for k in sorted(true_g)}
 gerr = np.array([100 * (g["classical_ratio"] - g["true_ratio"]) for g in per_group.values()])
 result = {
     "data": data, "hardware": hardware(), "n_slices": len(ds), "seconds_per_slice": seconds,
