@@ -79,15 +79,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_write_json
     from .data import DataError, SegmentationDataset
     from .inference import evaluate
+    from .labels import UnknownClassError
     from .metrics import format_table
 
     model, ckpt, device = _load_model(args)
     names = ckpt["class_names"]
     try:
         ds = SegmentationDataset(args.data, classes=names, normalize=_normalization(ckpt))
-    except DataError as exc:
-        if not str(exc).startswith("unknown class"):
-            raise
+    except UnknownClassError as exc:
         raise DataError(f"{args.checkpoint}: its classes {names} do not fit {args.data} ({exc})") from None
     metrics = evaluate(model, ds, ckpt["train_config"]["size"], device, tta=args.tta)
     out = _out(args, Path(args.checkpoint).with_name(f"eval-{Path(args.data).resolve().name}.json"), is_dir=False)

@@ -31,7 +31,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -129,21 +129,26 @@ def read_image(path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: image mode {mode!r} with shape {arr.shape}; a single-channel grayscale slice is expected")
 
 
-def read_mask(path: str | Path, max_label: int) -> np.ndarray:
-    """Read an integer label mask as uint8 ``(H, W)``; every value must lie in ``0..max_label``."""
+def read_mask(path: str | Path, known: int | Collection[int]) -> np.ndarray:
+    """Read an integer label mask as uint8 ``(H, W)``.
+
+    ``known`` is the set of values the folder's labels declare (0, background, is always allowed), or an int
+    ``n`` meaning ``0..n``; any other value raises :class:`DataError` naming the file and the value.
+    """
     path = Path(path)
     mode, arr = _open_image(path, "mask")
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has mode {mode!r} and shape {arr.shape}; a single-channel label image is expected")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{path}: mask contains NaN or infinite values")
-    values = np.unique(arr)
-    bad = [v for v in values.tolist() if v < 0 or v > max_label or v != int(v)]
+    allowed = set(range(known + 1)) if isinstance(known, int) else {0, *known}
+    bad = [v for v in np.unique(arr).tolist() if v not in allowed]
     if bad:
         shown = ", ".join(str(v) for v in bad[:8])
+        expected = ", ".join(str(v) for v in sorted(allowed))
         raise DataError(
-            f"{path}: unknown label value(s) {shown}; expected integers 0..{max_label} "
-            f"(0 = background). Is this a 0/255 display mask rather than a label mask?"
+            f"{path}: label value(s) {shown} not declared by the folder's labels (labels.json, or MedSeg's "
+            f"default); expected one of {expected} (0 = background). Is this a 0/255 display mask?"
         )
     return arr.astype(np.uint8)
 
@@ -297,8 +302,12 @@ class SegmentationDataset(Dataset):
         self.root = Path(root)
         self.normalize = check_normalization(normalize)
         self.label_values = read_labels(self.root) if labels is None else check_labels(labels, "labels")
-        self.class_names, self._channel_labels = resolve_classes(classes, merge, self.label_values)
-        self.max_label = max(v for vals in self.label_values.values() for v in vals)
+        try:
+            self.class_names, self._channel_labels = resolve_classes(classes, merge, self.label_values)
+        except DataError as exc:  # name the file the classes were looked up in
+            source = self.root / "labels.json" if labels is None and (self.root / "labels.json").is_file() else self.root
+            raise type(exc)(f"{source}: {exc}") from None
+        self.known_values = sorted({v for vals in self.label_values.values() for v in vals})
         all_records = scan_folder(self.root)
         self.records = [all_records[i] for i in indices] if indices is not None else all_records
         self.size = size
@@ -308,7 +317,7 @@ class SegmentationDataset(Dataset):
     def _read(self, rec: SliceRecord) -> tuple[torch.Tensor, torch.Tensor]:
         """One slice at its own size: image ``(1,H,W)`` float32, label map ``(H,W)`` uint8, checked."""
         image = read_image(rec.image_path)
-        label = read_mask(rec.mask_path, self.max_label)
+        label = read_mask(rec.mask_path, self.known_values)
         if image.shape != label.shape:
             raise DataError(
                 f"{rec.mask_path}: mask size {label.shape[1]}x{label.shape[0]} does not match "

@@ -27,6 +27,10 @@ MAX_MASK_VALUE = 255  # masks are read as uint8
 LabelValues = dict[str, tuple[int, ...]]  # class name -> the mask values it covers
 
 
+class UnknownClassError(DataError):
+    """A class was asked for that the folder's labels do not declare."""
+
+
 def _is_value(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_MASK_VALUE
 
@@ -56,6 +60,14 @@ def check_labels(raw: object, where: str) -> LabelValues:
             continue
         if 0 in values:
             raise DataError(f"{where}: class {name!r} covers value 0, which is background")
+        if len(set(values)) != len(values):
+            raise DataError(f"{where}: class {name!r} lists a value twice: {value!r}")
+        same = next((other for other, vals in out.items() if set(vals) == set(values)), None)
+        if same is not None:
+            raise DataError(
+                f"{where}: classes {same!r} and {name!r} cover the same value(s) {value!r}; two classes may "
+                "overlap (a union such as lung [1, 2] and infection 2) but not be identical"
+            )
         out[name] = tuple(sorted(set(values)))
     if not out:
         raise DataError(f"{where}: declares no class besides {BACKGROUND!r}")
@@ -114,7 +126,7 @@ def resolve_classes(
     unknown = [c for c in chosen if c not in values]
     if unknown:
         extra = "" if declared else f" (or '{MERGED_CLASS}')"
-        raise DataError(f"unknown class name(s) {unknown}; known classes: {list(values)}{extra}")
+        raise UnknownClassError(f"unknown class name(s) {unknown}; known classes: {list(values)}{extra}")
     if len(set(chosen)) != len(chosen):
         raise DataError(f"class names repeated: {chosen}")
     if merge and declared and chosen != [MERGED_CLASS]:

@@ -73,6 +73,7 @@ def test_cli_train_evaluate_predict(small_data, tmp_path, capsys):
         (["evaluate", "--checkpoint", "/no/such.pt"], "checkpoint file not found"),
         (["train", "--classes", "fibrosis"], "unknown class name"),
         (["train", "--size", "100"], "multiple of 32"),
+        (["train", "--classes", "lung"], "labels.json: unknown class name(s) ['lung']"),  # MedSeg has no lung label
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):

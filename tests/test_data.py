@@ -254,8 +254,20 @@ def test_unknown_label_value_raises_naming_the_mask(tmp_path):
     lab = np.zeros((32, 32), np.uint8)
     lab[0, 0] = 255
     Image.fromarray(lab).save(root / "masks" / "s0.png")
-    with pytest.raises(DataError, match=r"s0\.png: unknown label value\(s\) 255"):
+    with pytest.raises(DataError, match=r"s0\.png: label value\(s\) 255 not declared"):
         SegmentationDataset(root)
+
+
+def test_mask_value_inside_the_range_but_not_in_labels_json_raises(tmp_path):
+    """Labels with a gap (1 and 3): a mask holding 2 is refused, though 2 < 3, and the message names the mask."""
+    root = make_labelled_folder(tmp_path, labels={"background": 0, "lung": [1, 3], "infection": 3})
+    lab = np.asarray(Image.open(root / "masks" / "v0.png"))
+    assert 2 in lab  # the helper's masks hold 0, 1, 2
+    with pytest.raises(DataError) as err:
+        SegmentationDataset(root)
+    message = str(err.value)
+    assert message.startswith(str(root / "masks" / "v0.png")) and "value(s) 2 not declared" in message
+    assert "expected one of 0, 1, 3" in message and "\n" not in message
 
 
 def test_colour_image_raises_naming_the_file(tmp_path):
@@ -413,6 +425,8 @@ def test_labels_default_to_medseg(tmp_path):
         ('{"lung": [0, 1]}', "covers value 0"),
         ('{"background": 1, "lung": 2}', "'background' must be 0"),
         ('{"background": 0}', "declares no class"),
+        ('{"lung": [1, 1]}', "lists a value twice"),
+        ('{"lung": [1, 2], "infection": [2, 1]}', "cover the same value(s)"),
     ],
 )
 def test_bad_labels_json_raises_naming_the_file(tmp_path, text, problem):
