@@ -8,6 +8,8 @@ forward + backward of crlearn's SSIM loss (§2.7, Eq. 1) against ``pytorch_msssi
 Both interleave the things they compare (A, B, C, A, B, C, ...) and report the median time, so that other load
 on the machine hits every contestant alike. ``segmentation_models_pytorch`` and ``pytorch_msssim`` are optional
 dependencies (``pip install 'crlearn[bench]'``). Measured results are in the README ("Speed") and ``results/``.
+``bench_gate`` times inference on a stack of slices with and without the classifier gate (:mod:`crlearn.gate`),
+interleaved too, and reports the fastest run of each (whole-stack runs are long, and load only slows them down).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .gate import check_images, gated_predict
+from .inference import predict
 from .losses import ssim_loss
+from .metrics import segmentation_scores
 from .model import VARIANTS, CRNet, CRNetConfig
 from .profiles import pick_device
 from .report import markdown_table
 
-__all__ = ["SMP_LABEL", "bench_model", "bench_ssim", "bench_table"]
+__all__ = ["SMP_LABEL", "bench_gate", "bench_model", "bench_ssim", "bench_table"]
 
 SMP_LABEL = "SMP U-Net (ResNet34)"
 TABLE_HEADER = ("model", "size", "params", "step (s)", "GFLOP / step", "GFLOP/s", "time / SMP")
@@ -41,9 +46,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _interleaved_medians(fns: Sequence[Callable[[], None]], device: torch.device, steps: int,
-                         warmup: int) -> list[float]:
-    """Run ``fns`` in turn ``warmup + steps`` times; the median wall time of each one's last ``steps`` runs."""
+def _interleaved_times(fns: Sequence[Callable[[], None]], device: torch.device, steps: int, warmup: int,
+                       reduce: Callable[[list[float]], float] = statistics.median) -> list[float]:
+    """Run ``fns`` in turn ``warmup + steps`` times; the median (or ``reduce``) wall time of each one's last
+    ``steps`` runs."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     times: list[list[float]] = [[] for _ in fns]
@@ -55,7 +61,7 @@ def _interleaved_medians(fns: Sequence[Callable[[], None]], device: torch.device
             _sync(device)
             if i >= warmup:
                 t.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [reduce(t) for t in times]
 
 
 # ----------------------------------------------------------------------------- model step
@@ -162,7 +168,7 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     for size in sizes:
         cases = [_Case(key, label, model, size, batch_size, device, channels_last)
                  for key, (label, model) in models.items()]
-        medians = _interleaved_medians([c.step for c in cases], device, steps, warmup)
+        medians = _interleaved_times([c.step for c in cases], device, steps, warmup)
         smp_time = medians[0] if "smp" in models else None
         for case, step_s in zip(cases, medians):
             row = {
@@ -237,7 +243,7 @@ def bench_ssim(batch_size: int = 8, size: int = 512, repeats: int = 10, warmup: 
         probs.grad = None
         (1 - msssim_ssim(probs, target, data_range=1.0, win_size=11, win_sigma=1.5)).backward()
 
-    t_ours, t_theirs = _interleaved_medians([ours, theirs], device, repeats, warmup)
+    t_ours, t_theirs = _interleaved_times([ours, theirs], device, repeats, warmup)
     result = {
         "crlearn_s": t_ours,
         "pytorch_msssim_s": t_theirs,
@@ -249,5 +255,84 @@ def bench_ssim(batch_size: int = 8, size: int = 512, repeats: int = 10, warmup: 
     if verbose:
         print(f"SSIM loss fwd+bwd {list(shape)} on {device} ({result['threads']} threads), median of {repeats}: "
               f"crlearn {1e3 * t_ours:.1f} ms | pytorch_msssim {1e3 * t_theirs:.1f} ms | "
+              f"speed-up x{result['speedup']:.2f}")
+    return result
+
+
+# ----------------------------------------------------------------------------- gated segmentation
+
+
+def _check_gate_inputs(images: Tensor, labels: Any, masks: Tensor | None, num_classes: int) -> Tensor:
+    """Validate the stack, its slice labels (N,) in {0, 1} and optional masks (N, K, H, W); return labels as bool."""
+    check_images(images)
+    labels = torch.as_tensor(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels must hold one 0/1 value per slice, shape ({len(images)},), "
+                         f"got shape {tuple(labels.shape)}")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError(f"labels must be 0 (no COVID-19) or 1 (COVID-19), got values {labels.unique().tolist()}")
+    expected = (len(images), num_classes, *images.shape[-2:])
+    if masks is not None and tuple(masks.shape) != expected:
+        raise ValueError(f"masks must be (N, K, H, W) = {expected} like the images, got {tuple(masks.shape)}")
+    return labels.bool()
+
+
+def _skipped(skipped: Tensor, of: Tensor) -> float | None:
+    """The fraction of the slices selected by ``of`` that were skipped; None when none is selected."""
+    return float(skipped[of].float().mean()) if bool(of.any()) else None
+
+
+def bench_gate(segmenter: nn.Module, classifier: nn.Module, images: Tensor, labels: Any, size: int,
+               device: str | torch.device | None = None, tta: bool = True, repeats: int = 3, warmup: int = 1,
+               masks: Tensor | None = None, threshold: float = 0.5, classifier_size: int | None = None,
+               verbose: bool = True) -> dict:
+    """Inference time on one stack of slices, ungated (:func:`~crlearn.inference.predict`) against gated
+    (:func:`~crlearn.gate.gated_predict`): the two run interleaved, best of ``repeats`` after ``warmup`` runs.
+
+    Args:
+        segmenter, classifier, size, device, tta, threshold, classifier_size: as for ``gated_predict``.
+        images: ``(N, 1, H, W)`` slices in [0, 1].
+        labels: ``(N,)`` 0/1 per slice, 1 = COVID-19 lesion on the slice (the classifier's truth).
+        repeats: timed runs of each (the fastest reported); at least 1.
+        warmup: untimed runs of each first.
+        masks: optional ground truth ``(N, K, H, W)`` (bool or {0, 1}) at the images' size: then the pooled Dice of
+            both predictions is reported, and what gating lost.
+        verbose: print a one-line summary.
+
+    Returns:
+        ``{"plain_s", "gated_s", "speedup", "n_slices", "n_segmented", "negatives_skipped", "positives_skipped",
+        "tta", "size", "device", "threads"}`` and with ``masks`` ``"dice_plain"``, ``"dice_gated"``,
+        ``"dice_lost"`` (lists, one per class). ``speedup`` = plain time / gated time; ``negatives_skipped`` is the
+        fraction of label-0 slices the gate kept from the segmenter (the saving), ``positives_skipped`` that of
+        label-1 slices (lesion slices lost); each None when the stack has no slice of that label.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    labels = _check_gate_inputs(images, labels, masks, segmenter.config.num_classes)
+    device = pick_device(device)
+    out: dict[str, Any] = {}
+
+    def plain() -> None:
+        out["plain"] = predict(segmenter, images, size, device, tta=tta)[1]
+
+    def gated() -> None:
+        out["gated"] = gated_predict(segmenter, classifier, images, size, device, tta, threshold, classifier_size)
+
+    t_plain, t_gated = _interleaved_times([plain, gated], device, repeats, warmup, reduce=min)
+    skipped = ~out["gated"].positive
+    result = {
+        "plain_s": t_plain, "gated_s": t_gated, "speedup": t_plain / t_gated,
+        "n_slices": len(images), "n_segmented": out["gated"].n_segmented,
+        "negatives_skipped": _skipped(skipped, ~labels), "positives_skipped": _skipped(skipped, labels),
+        "tta": tta, "size": size, "device": str(device), "threads": torch.get_num_threads(),
+    }
+    if masks is not None:
+        plain_dice = segmentation_scores(out["plain"], masks)["dice"]
+        gated_dice = segmentation_scores(out["gated"].masks, masks)["dice"]
+        result |= {"dice_plain": plain_dice.tolist(), "dice_gated": gated_dice.tolist(),
+                   "dice_lost": (plain_dice - gated_dice).tolist()}
+    if verbose:
+        print(f"gate on {len(images)} slices at {size} px ({device}, {result['threads']} threads, tta={tta}), best "
+              f"of {repeats}: plain {t_plain:.3f} s | gated {t_gated:.3f} s ({result['n_segmented']} segmented) | "
               f"speed-up x{result['speedup']:.2f}")
     return result

@@ -9,6 +9,7 @@ and prints; the work is done by :func:`crlearn.train.run`, :func:`crlearn.infere
     crlearn burden --checkpoint RUN/best.pt [--data DIR] [--out FILE.json]
     crlearn ablate [--folds K] [--profile P] [--out DIR]
     crlearn bench model|ssim [options]
+    crlearn classify train|evaluate [options]   (the slice classifier of §2.8: crlearn.cli_classify)
 
 Bad input ends with a one-line error and exit code 2. Default output paths never overwrite anything (a numeric
 suffix is added); an explicit ``--out`` that already exists needs ``--force``.
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parsers(sub)
     _bench_parser(sub)
+    from .cli_classify import add_classify_parser
+
+    add_classify_parser(sub)
     return p
 
 

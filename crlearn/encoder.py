@@ -46,6 +46,7 @@ class SEResNet34Encoder(nn.Module):
     def __init__(self, in_channels: int = 1, width: float = 1.0, reduction: int = 16):
         super().__init__()
         check_positive_int("in_channels", in_channels)
+        self.config = {"in_channels": in_channels, "width": width, "reduction": reduction}  # rebuilds this encoder
         self.out_channels: tuple[int, ...] = scaled_widths(width)
         c0 = self.out_channels[0]
         self.stem = nn.Sequential(
@@ -107,10 +108,14 @@ class EncoderClassifier(nn.Module):
             self.encoder.eval()  # frozen means frozen BN statistics too
         return self
 
+    def features(self, x: Tensor) -> Tensor:
+        """x: (B, C_in, H, W) -> the globally average-pooled last encoder feature (B, c4): what the head reads."""
+        f = self.encoder(x)[-1]  # (B, c4, H/32, W/32)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1)  # (B, c4)
+
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C_in, H, W) -> logits (B, num_classes)."""
-        f = self.encoder(x)[-1]  # (B, c4, H/32, W/32)
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1))  # (B, num_classes)
+        return self.head(self.features(x))  # (B, num_classes)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -7,7 +7,7 @@ the logits of the paper's five training views (§2.3), each mapped back.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,23 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def prepare_model(model: nn.Module, device: str | torch.device | None = None
+                  ) -> tuple[nn.Module, torch.device, torch.dtype | None]:
+    """Put ``model`` on the device in channels_last layout and eval mode; returns it, the device and the autocast
+    dtype (``None`` on CPU). The CPU speed workaround of :mod:`crlearn.perf` is applied here."""
+    device = pick_device(device)
+    model = model.to(device=device, memory_format=torch.channels_last).eval()
+    perf.apply_to_model(model, device)
+    return model, device, autocast_dtype(device)
+
+
+def model_batches(images: Tensor, size: int, device: torch.device, batch_size: int = 8) -> Iterator[Tensor]:
+    """Batches of ``images (N, C, H, W)`` resized to ``(size, size)`` (bilinear, antialiased: as in training), each
+    copied once to the device in channels_last layout: the input side of every inference loop."""
+    for i in range(0, len(images), batch_size):
+        yield to_device(_resize(images[i : i + batch_size], (size, size)), device)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: Tensor, size: int, device: str | torch.device | None = None,
                    batch_size: int = 8, tta: bool = True) -> Tensor:
@@ -36,16 +53,11 @@ def predict_logits(model: nn.Module, images: Tensor, size: int, device: str | to
     views of each image (identity, rot90/180/270, hflip), each prediction is mapped back and the logits averaged:
     five forward passes for a steadier mask.
     """
-    device = pick_device(device)
-    model = model.to(device=device, memory_format=torch.channels_last).eval()
-    perf.apply_to_model(model, device)
-    dtype = autocast_dtype(device)
+    model, device, dtype = prepare_model(model, device)
     views = AUGMENTATIONS if tta else ("identity",)
+    h, w = images.shape[-2:]
     outs = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        h, w = x.shape[-2:]
-        xs = to_device(_resize(x, (size, size)), device)  # one copy to the device; the views are made there
+    for xs in model_batches(images, size, device, batch_size):  # the views are made on the device
         logits = 0.0
         for view in views:
             with autocast(device, dtype):

@@ -1,0 +1,202 @@
+"""The segmentation encoder as a COVID-19 slice classifier (Huang et al. 2022, §2.8, §3.5, Table 6): the model,
+its predictions, its metrics at slice and patient level, and its checkpoint.
+
+The classifier is :class:`~crlearn.encoder.EncoderClassifier`: the SE-ResNet-34 encoder of a trained CR-Net,
+global average pooling and one linear layer with two outputs (non-COVID, COVID). Three ways to get its encoder,
+the rows of Table 6:
+
+- ``frozen`` (the paper's): the trained segmentation encoder, frozen; only the linear head learns.
+- ``finetune``: the trained segmentation encoder, trained further with the head.
+- ``scratch``: a fresh encoder of the same width, trained from random weights with the head.
+
+Training is in :mod:`crlearn.classifier_train`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .arrays import DataError
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_torch_save,
+    cpu_state,
+    load_checkpoint,
+)
+from .classification import group_labels
+from .encoder import EncoderClassifier, SEResNet34Encoder
+from .metrics import classification_metrics, patient_level
+from .model import CRNet, CRNetConfig
+from .profiles import autocast, autocast_dtype, pick_device, to_device
+
+CLASSIFIER_FORMAT = "crlearn-classifier-v1"  # distinct from segmentation checkpoints (crlearn-checkpoint-v1)
+MODES = ("frozen", "finetune", "scratch")  # Table 6's rows (module docstring)
+THRESHOLD = 0.5  # P(covid) at or above which a slice (or, by mean probability, a patient) is called COVID-19
+
+
+# ----------------------------------------------------------------------------- building the classifier
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    return mode
+
+
+def classifier_from_segmenter(segmenter: CRNet, mode: str = "frozen") -> EncoderClassifier:
+    """A classifier on a copy of a trained CR-Net's encoder: ``frozen`` (no gradient reaches the encoder and its
+    BatchNorm statistics stay fixed) or ``finetune`` (trainable)."""
+    if check_mode(mode) == "scratch":
+        raise ValueError("mode 'scratch' takes no trained encoder: use scratch_classifier()")
+    encoder = copy.deepcopy(getattr(segmenter, "_orig_mod", segmenter).coarse.encoder).cpu()
+    return EncoderClassifier(encoder, num_classes=2, freeze_encoder=mode == "frozen")
+
+
+def classifier_from_checkpoint(seg_ckpt_path: str | Path, mode: str = "frozen") -> EncoderClassifier:
+    """A classifier on the encoder of a segmentation checkpoint (``best.pt`` of ``crlearn train``); see
+    :func:`classifier_from_segmenter`. A file that is not a segmentation checkpoint: :class:`CheckpointError`."""
+    segmenter, _ = load_checkpoint(seg_ckpt_path)
+    return classifier_from_segmenter(segmenter, mode)
+
+
+def scratch_classifier(model_config: CRNetConfig) -> EncoderClassifier:
+    """A fresh, trainable encoder of the same width as the CR-Net of ``model_config`` (e.g. a profile's), with the
+    head: Table 6's comparison without segmentation pre-training."""
+    encoder = SEResNet34Encoder(model_config.in_channels, model_config.width, model_config.reduction)
+    return EncoderClassifier(encoder, num_classes=2, freeze_encoder=False)
+
+
+def build_classifier(encoder_config: dict[str, Any], mode: str) -> EncoderClassifier:
+    """An untrained classifier of a given encoder config (``SEResNet34Encoder.config``), frozen or not as ``mode``
+    trained it: what :func:`load_classifier` fills with a checkpoint's weights."""
+    encoder = SEResNet34Encoder(**encoder_config)
+    return EncoderClassifier(encoder, num_classes=2, freeze_encoder=check_mode(mode) == "frozen")
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: Tensor, device: str | torch.device | None = None,
+                   batch_size: int = 64) -> Tensor:
+    """Logits ``(N, 2)`` (float32, on the CPU) of images ``(N, 1, S, S)`` already at the model's input size."""
+    device = pick_device(device)
+    model = model.to(device=device, memory_format=torch.channels_last).eval()
+    dtype = autocast_dtype(device)
+    outs = []
+    for i in range(0, len(images), batch_size):
+        with autocast(device, dtype):
+            outs.append(model(to_device(images[i: i + batch_size], device)).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0, 2)
+
+
+def predict_proba(model: nn.Module, images: Tensor, device: str | torch.device | None = None,
+                  batch_size: int = 64) -> np.ndarray:
+    """P(COVID-19) per slice, ``(N,)`` float64: the softmax of the two logits, class 1."""
+    return torch.softmax(predict_logits(model, images, device, batch_size).double(), dim=1)[:, 1].numpy()
+
+
+# ----------------------------------------------------------------------------- metrics (§2.8, Eq. 6-9)
+
+
+def slice_metrics(y_true: Sequence[int], probs: Sequence[float], threshold: float = THRESHOLD) -> dict[str, Any]:
+    """Accuracy, precision, recall (sensitivity), F1, specificity and the confusion matrix at ``threshold``
+    (:func:`crlearn.metrics.classification_metrics`), plus the ROC curve and its area (scikit-learn). With one
+    class only the AUC is undefined: ``None``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y_true, probs = np.asarray(y_true).astype(int), np.asarray(probs, dtype=np.float64)
+    out = classification_metrics(y_true, (probs >= threshold).astype(int))
+    out["sensitivity"] = out["recall"]
+    if len(set(y_true.tolist())) < 2:
+        return {**out, "auc": None, "roc": None}
+    fpr, tpr, thresholds = roc_curve(y_true, probs)
+    roc = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),  # JSON has no infinity: sklearn's first threshold is inf
+           "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds]}
+    return {**out, "auc": float(roc_auc_score(y_true, probs)), "roc": roc}
+
+
+def _rule_scores(truth: dict[Hashable, int], called: dict[Hashable, int]) -> dict[str, Any]:
+    groups = list(truth)
+    m = classification_metrics([truth[g] for g in groups], [called[g] for g in groups])
+    return {"accuracy": m["accuracy"], "sensitivity": m["recall"], "specificity": m["specificity"],
+            "confusion_matrix": m["confusion_matrix"], "n_groups": len(groups)}
+
+
+def patient_metrics(y_true: Sequence[int], probs: Sequence[float], groups: Sequence[Hashable],
+                    threshold: float = THRESHOLD, source: str | Path = "data") -> dict[str, dict[str, Any]]:
+    """Patient-level decisions from slice probabilities, two rules, scored against the groups' labels:
+
+    - ``any_slice`` (the paper's): a patient is COVID-19 if any of its slices is (P >= ``threshold``);
+      :func:`crlearn.metrics.patient_level`.
+    - ``mean_probability``: a patient is COVID-19 if the mean P over its slices is >= ``threshold``; one false
+      positive slice among many does not decide it.
+
+    Each: accuracy, sensitivity, specificity, confusion matrix, ``n_groups``. A group's true label is its slices'
+    label; a group with both labels is a :class:`DataError` naming ``source``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if not len(probs) == len(y_true) == len(groups):
+        raise ValueError(f"y_true, probs and groups must have one length, got {len(y_true)}, {len(probs)}, "
+                         f"{len(groups)}")
+    truth = group_labels(y_true, groups, source)
+    any_slice = patient_level((probs >= threshold).astype(int).tolist(), groups)
+    sums: dict[Hashable, list[float]] = {}
+    for p, g in zip(probs.tolist(), groups):
+        sums.setdefault(g, []).append(p)
+    mean_prob = {g: int(float(np.mean(v)) >= threshold) for g, v in sums.items()}
+    return {"any_slice": _rule_scores(truth, any_slice), "mean_probability": _rule_scores(truth, mean_prob)}
+
+
+def evaluate_classifier(model: nn.Module, dataset: Any, device: str | torch.device | None = None,
+                        batch_size: int = 64, threshold: float = THRESHOLD) -> dict[str, Any]:
+    """Slice- and patient-level metrics of a classifier on a :class:`~crlearn.classification.ClassificationDataset`
+    (its un-augmented slices): ``{"slice": slice_metrics, "patient": patient_metrics, "n_slices", "threshold"}``."""
+    if len(dataset.names) == 0:
+        raise DataError(f"{dataset.root}: no slices to evaluate")
+    probs = predict_proba(model, dataset.images, device, batch_size)
+    y_true = dataset.targets.tolist()
+    return {"slice": slice_metrics(y_true, probs, threshold),
+            "patient": patient_metrics(y_true, probs, dataset.groups, threshold, dataset.root / "index.csv"),
+            "n_slices": len(y_true), "threshold": threshold}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_classifier(path: str | Path, model: EncoderClassifier, mode: str, **meta: Any) -> None:
+    """Weights, encoder config and mode, plus ``meta`` (size, fit, normalize, class names, seed, split groups, the
+    segmentation checkpoint...), written atomically with the format tag :data:`CLASSIFIER_FORMAT`."""
+    ckpt = {"format": CLASSIFIER_FORMAT, "crlearn_version": __version__, "encoder_config": dict(model.encoder.config),
+            "num_classes": model.head.out_features, "mode": check_mode(mode), **meta, "state_dict": cpu_state(model)}
+    atomic_torch_save(ckpt, path)
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[EncoderClassifier, dict[str, Any]]:
+    """Rebuild a classifier from its checkpoint (``torch.load(weights_only=True)``): ``(model in eval mode,
+    checkpoint)``. Anything else (a segmentation checkpoint, another file) is a :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not one of ours"
+        raise CheckpointError(f"{path}: not a crlearn classifier checkpoint ({type(exc).__name__}: {exc})") from None
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt == CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: a segmentation checkpoint (crlearn train), not a classifier checkpoint "
+                              f"(crlearn classify train); to build a classifier on it, pass it as --encoder")
+    if fmt != CLASSIFIER_FORMAT:
+        raise CheckpointError(f"{path}: not a crlearn classifier checkpoint (no '{CLASSIFIER_FORMAT}' format tag)")
+    model = build_classifier(ckpt["encoder_config"], ckpt["mode"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt

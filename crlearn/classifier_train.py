@@ -1,0 +1,320 @@
+"""Training the slice classifier (Huang et al. 2022, §2.8, Table 6): the library function ``crlearn classify`` and
+the notebooks call.
+
+:func:`run_classify` does it all in two stages. Stage 1 (frozen and finetune modes, unless a segmentation
+checkpoint is given): train CR-Net on the MedSeg set with the profile (:func:`crlearn.train.run`). Stage 2: split
+the labelled slices by patient group (70/10/20, both classes in every part), put the encoder under a linear head,
+fit (:func:`fit_classifier`: Adam, cross-entropy on two logits, early stopping on the validation loss), evaluate
+the validation and test parts at slice and patient level, and write ``best.pt`` and ``metrics.json``. Every mode
+gets the same split, seed and epoch budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write_json, fresh_path
+from .classification import (
+    CLASS_NAMES,
+    FITS,
+    LABELS,
+    ClassificationDataset,
+    classification_split,
+    default_classification_dir,
+)
+from .classifier import (
+    check_mode,
+    classifier_from_checkpoint,
+    classifier_from_segmenter,
+    evaluate_classifier,
+    load_classifier,
+    save_classifier,
+    scratch_classifier,
+)
+from .data import NORMALIZATIONS
+from .encoder import EncoderClassifier
+from .engine import FitState, make_loader, seed_everything
+from .profiles import (
+    PROFILES,
+    autocast,
+    autocast_dtype,
+    pick_device,
+    resolve_profile,
+    to_device,
+)
+from .report import DISCLAIMER, hardware
+
+CLASSIFY_FILES = ("best.pt", "metrics.json")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
+# Adam's learning rate per mode (this project's choice; the paper gives 3e-4 for everything): a lone linear head
+# on fixed features takes large steps safely, a pre-trained encoder is fine-tuned gently, a fresh one in between.
+MODE_LR = {"frozen": 3e-3, "finetune": 3e-4, "scratch": 1e-3}
+
+
+@dataclass
+class ClassifyConfig:
+    """How to train the classifier (stage 2); a profile and the command line override the defaults."""
+
+    size: int = 128  # side of the square input, pixels
+    fit: str = "pad"  # "pad" (aspect kept, zero borders) or "stretch" (crlearn.classification)
+    normalize: str = "none"  # per-slice intensity normalisation (crlearn.data.normalize_intensity)
+    epochs: int = 40  # maximum number of epochs, the same for every mode
+    batch_size: int = 32  # slices per step
+    lr: float = 3e-3  # Adam learning rate (run_classify sets the mode's, MODE_LR, unless overridden)
+    weight_decay: float = 0.0  # Adam weight decay
+    patience: int = 10  # early stopping: epochs without a better validation loss
+    augment: bool = True  # the paper's x5 augmentation of the training slices
+    seed: int = 0  # seeds the split, the head (and a scratch encoder) and the batch order
+    max_minutes: float | None = None  # stop after this much training time (breaks exact repeatability)
+    amp: bool = True  # autocast on CUDA
+
+    def __post_init__(self) -> None:
+        if self.size < 32:
+            raise ValueError(f"size must be at least 32 pixels, got {self.size}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {list(FITS)}, got {self.fit!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+# Chosen on the validation split (frozen mode, quick profile; README): pad beat stretch and standardisation, lr 3e-3
+# beat 1e-3 and was steadier than 1e-2; the validation loss still falls slowly after 30 epochs, so the cap is 40,
+# which keeps the scratch mode (full forward and backward passes every epoch) within minutes on a CPU.
+# Per profile: quick is the sample's own resolution (longer side 128 px); full doubles it, nearer the scale the
+# 512 px segmenter saw lungs at. Both cost seconds to a minute in frozen mode (features are cached).
+CLASSIFY_PROFILES: dict[str, dict[str, Any]] = {"quick": {"size": 128}, "full": {"size": 256}}
+
+
+def classify_config(profile: str, mode: str, **overrides: Any) -> ClassifyConfig:
+    """The profile's :class:`ClassifyConfig` with the mode's learning rate (:data:`MODE_LR`) and ``overrides``."""
+    return ClassifyConfig(**{"lr": MODE_LR[check_mode(mode)], **CLASSIFY_PROFILES[profile], **overrides})
+
+
+# ----------------------------------------------------------------------------- the fit loop
+
+
+@torch.no_grad()
+def encode_features(model: EncoderClassifier, dataset: Dataset, device: torch.device,
+                    batch_size: int = 64) -> TensorDataset:
+    """The pooled encoder feature of every item of ``dataset`` (each augmented view), with its target:
+    ``TensorDataset((N, c4) float32, (N,) long)`` on the CPU."""
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    feats, targets = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        with autocast(device, autocast_dtype(device)):
+            feats.append(model.features(to_device(x, device)).float().cpu())  # (B, c4)
+        targets.append(y)
+    return TensorDataset(torch.cat(feats), torch.cat(targets))
+
+
+def _train_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, scaler: Any, device: torch.device,
+                 dtype: torch.dtype | None, desc: str, progress: bool) -> float:
+    """One pass: forward, cross-entropy, backward, step; returns the mean training loss."""
+    net.train()
+    total, n = 0.0, 0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        x, y = to_device(x, device), y.to(device)
+        with autocast(device, dtype):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        total += float(loss.detach()) * len(x)
+        n += len(x)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def _validate(net: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (threshold 0.5, i.e. the larger logit) over a loader."""
+    net.eval()
+    total, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = to_device(x, device), y.to(device)
+        with autocast(device, dtype):
+            logits = net(x).float()
+        total += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    return total / max(n, 1), correct / max(n, 1)
+
+
+def fit_classifier(model: EncoderClassifier, train_set: Dataset, val_set: Dataset, cfg: ClassifyConfig,
+                   device: str | torch.device | None = None, progress: bool = False) -> dict[str, list[float]]:
+    """Train with Adam and cross-entropy on the two logits, early stopping on the validation loss; at the end
+    ``model`` holds the weights of the best epoch. Returns the history (``stopped``: the epoch it ended early).
+
+    With a frozen encoder only the head learns, and the encoder (in eval mode: fixed BatchNorm statistics, no
+    dropout) maps each training view to the same pooled feature every epoch. So the features of every (augmented)
+    slice are computed once and the head is trained on them: the same maths as the full forward pass, with one
+    encoder pass per view instead of one per view and epoch.
+    """
+    device = pick_device(device)
+    seed_everything(cfg.seed)
+    model.to(device=device, memory_format=torch.channels_last)
+    if model.encoder_frozen:
+        net, dtype = model.head, None  # cached features: the head alone, in float32
+        train_set, val_set = (encode_features(model, d, device) for d in (train_set, val_set))
+    else:
+        net, dtype = model, autocast_dtype(device, cfg.amp)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    train_loader = make_loader(train_set, cfg.batch_size, True, device, cfg.seed)
+    val_loader = make_loader(val_set, 64, False, device)
+    state, t0 = FitState(history={k: [] for k in HISTORY_KEYS}), time.perf_counter()
+    for epoch in tqdm(range(cfg.epochs), desc="epochs", disable=not progress):
+        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # batch order depends on (seed, epoch) only
+        t_epoch = time.perf_counter()
+        train_loss = _train_epoch(net, train_loader, opt, scaler, device, dtype, f"epoch {epoch + 1}", progress)
+        val_loss, val_acc = _validate(net, val_loader, device, dtype)
+        for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, val_loss, val_acc, time.perf_counter() - t_epoch)):
+            state.history[key].append(value)
+        state.observe(val_loss, net)
+        out_of_time = cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes
+        if state.bad_epochs >= cfg.patience or out_of_time:
+            state.history["stopped"] = [epoch + 1]
+            break
+    if state.best_state is not None:  # None only if every validation loss was NaN
+        net.load_state_dict(state.best_state)
+    model.train(False)
+    return state.history
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ClassifyResult:
+    """What :func:`run_classify` returns: the trained classifier, its history, metrics and where it was written."""
+
+    model: EncoderClassifier
+    history: dict[str, list[float]]
+    metrics: dict[str, Any]  # the content of metrics.json: val and test metrics, split, mode, profile...
+    dataset: ClassificationDataset  # every slice of the data folder, at the input size
+    out: Path | None  # the run folder (None: nothing written)
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.metrics["test"]
+
+
+def _classifier(mode: str, encoder: str | Path | None, profile: str, seed: int, out: Path | None, force: bool,
+                device: torch.device, progress: bool, log: Callable[[str], Any] | None,
+                seg_overrides: dict[str, Any] | None) -> tuple[EncoderClassifier, str | None]:
+    """The untrained classifier of a mode and where its encoder came from (stage 1 trains a segmenter if needed)."""
+    if mode == "scratch":
+        if encoder is not None:
+            raise ValueError("mode 'scratch' trains a fresh encoder: give no encoder checkpoint")
+        torch.manual_seed(seed)
+        return scratch_classifier(PROFILES[profile].model_config()), None
+    if encoder is not None:
+        torch.manual_seed(seed)  # the head's initial weights
+        return classifier_from_checkpoint(encoder, mode), str(encoder)
+    from .train import run
+
+    seg_out = out / "segmenter" if out is not None else None
+    result = run(profile=profile, seed=seed, out=seg_out, force=force, device=device, progress=progress,
+                 log=(lambda line: log(f"stage 1, segmenter: {line}")) if log else None, **(seg_overrides or {}))
+    torch.manual_seed(seed)
+    return classifier_from_segmenter(result.model, mode), str(seg_out / "best.pt") if seg_out else None
+
+
+def run_classify(data: str | Path | None = None, encoder: str | Path | None = None, mode: str = "frozen",
+                 profile: str | None = None, out: str | Path | None = None, force: bool = False, seed: int = 0,
+                 device: str | torch.device | None = None, progress: bool = False,
+                 log: Callable[[str], Any] | None = print, seg_overrides: dict[str, Any] | None = None,
+                 **overrides: Any) -> ClassifyResult:
+    """Train and evaluate the slice classifier of §2.8; returns a :class:`ClassifyResult`.
+
+    Args:
+        data: the labelled folder (default: the bundled ``data_sample/sarscov2_ct``).
+        encoder: a segmentation checkpoint (``best.pt`` of ``crlearn train``) whose encoder to use; ``None`` trains
+            one first on the MedSeg set with the same profile and seed (stage 1), written to ``out/segmenter``.
+        mode: ``frozen`` (the paper's: only the head learns), ``finetune`` or ``scratch`` (Table 6).
+        profile: ``quick``, ``full`` or ``auto``/``None`` (:func:`crlearn.profiles.resolve_profile`).
+        out: the run folder for ``best.pt`` and ``metrics.json``; ``None`` writes nothing. An existing
+            non-empty folder needs ``force``.
+        seed: seeds the split, stage 1, the head and the batch order.
+        log: called with one line per stage (``None``: silent).
+        seg_overrides: :class:`~crlearn.profiles.TrainConfig` overrides (and ``data``) for stage 1.
+        overrides: :class:`ClassifyConfig` fields (``epochs``, ``size``, ``fit``, ``normalize``, ``lr``...).
+    """
+    name = resolve_profile(profile)
+    cfg = classify_config(name, mode, seed=seed, **overrides)
+    device = pick_device(device)
+    out = fresh_path(out, explicit=True, force=force, is_dir=True) if out is not None else None
+    full = ClassificationDataset(data if data is not None else default_classification_dir(), size=cfg.size,
+                                 fit=cfg.fit, normalize=cfg.normalize)
+    split = classification_split(full, seed=seed)
+    model, source = _classifier(mode, encoder, name, seed, out, force, device, progress, log, seg_overrides)
+    if log:
+        log(f"stage 2, classifier ({mode}): profile {name} on {device} ({hardware()}); "
+            f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
+            f"{_describe(full, split)}; {cfg.size}px ({cfg.fit}), up to {cfg.epochs} epochs, lr {cfg.lr:g}")
+    history = fit_classifier(model, full.subset(split["train"], augment=cfg.augment), full.subset(split["val"]), cfg,
+                             device, progress)
+    metrics = {"mode": mode, "profile": name, "hardware": hardware(), "device": str(device),
+               "data": str(full.root.resolve()), "encoder_checkpoint": source, "class_names": CLASS_NAMES,
+               "config": dataclasses.asdict(cfg), "split": split, "split_groups": split_groups(full, split),
+               "train_seconds": sum(history["seconds"]), "epochs_run": len(history["epoch"]), "history": history,
+               "note": DISCLAIMER}
+    for part in ("val", "test"):
+        metrics[part] = evaluate_classifier(model, full.subset(split[part]), device)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_classifier(out / "best.pt", model, mode, profile=name, size=cfg.size, fit=cfg.fit,
+                        normalize=cfg.normalize, class_names=CLASS_NAMES, labels=LABELS, seed=seed,
+                        split_groups=metrics["split_groups"], data=metrics["data"], seg_checkpoint=source,
+                        train_config=metrics["config"], best_val_loss=min(history["val_loss"]))
+        atomic_write_json(out / "metrics.json", metrics)
+    if log:
+        log(f"stage 2: trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s")
+    return ClassifyResult(model, history, metrics, full, out)
+
+
+def split_groups(full: ClassificationDataset, split: dict[str, list[int]]) -> dict[str, list[str]]:
+    return {part: sorted({full.groups[i] for i in idx}) for part, idx in split.items()}
+
+
+def _describe(full: ClassificationDataset, split: dict[str, list[int]]) -> str:
+    groups = split_groups(full, split)
+    return (f"{'/'.join(str(len(split[p])) for p in split)} train/val/test slices "
+            f"({'/'.join(str(len(groups[p])) for p in split)} groups)")
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "all",
+                        device: str | torch.device | None = None) -> tuple[dict[str, Any], ClassificationDataset]:
+    """Metrics of a classifier checkpoint on a labelled folder (read at the checkpoint's size, fit and
+    normalisation): ``(evaluate_classifier dict, the slices evaluated)``.
+
+    ``split``: ``all`` slices, or a part of the run's own split (``train``, ``val``, ``test``, ``held-out`` = val +
+    test) by its recorded groups; a part needs the folder the run was split on.
+    """
+    if split not in ("all", "train", "val", "test", "held-out"):
+        raise ValueError(f"split must be all, train, val, test or held-out, got {split!r}")
+    model, ckpt = load_classifier(checkpoint, pick_device(device))
+    ds = ClassificationDataset(data if data is not None else default_classification_dir(), size=ckpt["size"],
+                               fit=ckpt["fit"], normalize=ckpt["normalize"])
+    if split != "all":
+        if Path(ckpt["data"]).resolve() != ds.root.resolve():
+            raise ValueError(f"{checkpoint}: the run was split on {ckpt['data']}, not on {ds.root.resolve()}")
+        parts = ("val", "test") if split == "held-out" else (split,)
+        keep = {g for p in parts for g in ckpt["split_groups"][p]}
+        ds = ds.subset([i for i, g in enumerate(ds.groups) if g in keep])
+    return evaluate_classifier(model, ds, device), ds
