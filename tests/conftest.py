@@ -1,5 +1,6 @@
 """Shared test fixtures and constants."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,6 @@ def seeded():
 def copy_first_slices(src: Path, root: Path, group_column: str, groups: int, per_group: int = 2) -> Path:
     """Copy into ``root`` the first ``per_group`` slices (in index order) of each of the first ``groups`` groups of
     the data folder ``src``, with its labels.json and the matching rows of its index.csv."""
-    import csv
     import shutil
 
     with open(src / "index.csv", newline="") as f:
@@ -45,11 +45,16 @@ def copy_first_slices(src: Path, root: Path, group_column: str, groups: int, per
         for row in chosen:
             shutil.copy(src / sub / f"{row['slice_id']}.png", root / sub)
     shutil.copy(src / "labels.json", root)
-    with open(root / "index.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(chosen)
+    write_rows(root / "index.csv", chosen, list(rows[0]))
     return root
+
+
+def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Write ``rows`` (dicts) as a CSV file with the header ``fields``: an ``index.csv`` for a test folder."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, write_rows
 from PIL import Image
 
 from crlearn.arrays import DataError
@@ -74,10 +74,7 @@ def tiny_sars(tmp_path_factory):
             seen[g] = seen.get(g, 0) + 1
             chosen.append(r)
             shutil.copy(SARS / "images" / f"{r['slice_id']}.png", root / "images")
-    with open(root / "index.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(chosen)
+    write_rows(root / "index.csv", chosen, list(rows[0]))
     return root
 
 
