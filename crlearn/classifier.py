@@ -36,7 +36,8 @@ from .classification import group_labels
 from .encoder import EncoderClassifier, SEResNet34Encoder
 from .metrics import classification_metrics, patient_level
 from .model import CRNet, CRNetConfig
-from .profiles import autocast, autocast_dtype, pick_device, to_device
+from .inference import model_batches, prepare_model
+from .profiles import autocast
 
 CLASSIFIER_FORMAT = "crlearn-classifier-v1"  # distinct from segmentation checkpoints (crlearn-checkpoint-v1)
 MODES = ("frozen", "finetune", "scratch")  # Table 6's rows (module docstring)
@@ -87,22 +88,26 @@ def build_classifier(encoder_config: dict[str, Any], mode: str) -> EncoderClassi
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: Tensor, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> Tensor:
-    """Logits ``(N, 2)`` (float32, on the CPU) of images ``(N, 1, S, S)`` already at the model's input size."""
-    device = pick_device(device)
-    model = model.to(device=device, memory_format=torch.channels_last).eval()
-    dtype = autocast_dtype(device)
+                   batch_size: int = 64, size: int | None = None) -> Tensor:
+    """Logits ``(N, C)`` (float32, on the CPU) of slices ``(N, 1, H, W)``, resized to ``size`` x ``size`` as
+    :func:`crlearn.inference.predict_logits` resizes (``None``: already at the model's input size). A model whose
+    logits are not ``(B, C)`` with ``C >= 2`` (class 1 = COVID-19) is a ``ValueError``."""
+    model, device, dtype = prepare_model(model, device)
     outs = []
-    for i in range(0, len(images), batch_size):
+    for xs in model_batches(images, size, device, batch_size):
         with autocast(device, dtype):
-            outs.append(model(to_device(images[i: i + batch_size], device)).float().cpu())
+            logits = model(xs)
+        if logits.dim() != 2 or logits.shape[1] < 2:
+            raise ValueError(f"the classifier must return logits (B, C) with C >= 2 (class 1 = COVID-19), "
+                             f"got shape {tuple(logits.shape)}")
+        outs.append(logits.float().cpu())
     return torch.cat(outs) if outs else torch.empty(0, 2)
 
 
 def predict_proba(model: nn.Module, images: Tensor, device: str | torch.device | None = None,
-                  batch_size: int = 64) -> np.ndarray:
-    """P(COVID-19) per slice, ``(N,)`` float64: the softmax of the two logits, class 1."""
-    return torch.softmax(predict_logits(model, images, device, batch_size).double(), dim=1)[:, 1].numpy()
+                  batch_size: int = 64, size: int | None = None) -> np.ndarray:
+    """P(COVID-19) per slice, ``(N,)`` float64: the softmax of the logits (:func:`predict_logits`), class 1."""
+    return torch.softmax(predict_logits(model, images, device, batch_size, size).double(), dim=1)[:, 1].numpy()
 
 
 # ----------------------------------------------------------------------------- metrics (§2.8, Eq. 6-9)

@@ -129,11 +129,11 @@ def read_image(path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: image mode {mode!r} with shape {arr.shape}; a single-channel grayscale slice is expected")
 
 
-def read_mask(path: str | Path, known: int | Collection[int]) -> np.ndarray:
+def read_mask(path: str | Path, known: Collection[int]) -> np.ndarray:
     """Read an integer label mask as uint8 ``(H, W)``.
 
-    ``known`` is the set of values the folder's labels declare (0, background, is always allowed), or an int
-    ``n`` meaning ``0..n``; any other value raises :class:`DataError` naming the file and the value.
+    ``known`` holds the values the folder's labels declare (0, background, is always allowed); any other value
+    raises :class:`DataError` naming the file and the value.
     """
     path = Path(path)
     mode, arr = _open_image(path, "mask")
@@ -141,7 +141,7 @@ def read_mask(path: str | Path, known: int | Collection[int]) -> np.ndarray:
         raise DataError(f"{path}: mask has mode {mode!r} and shape {arr.shape}; a single-channel label image is expected")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{path}: mask contains NaN or infinite values")
-    allowed = set(range(known + 1)) if isinstance(known, int) else {0, *known}
+    allowed = {0, *known}
     bad = [v for v in np.unique(arr).tolist() if v not in allowed]
     if bad:
         shown = ", ".join(str(v) for v in bad[:8])

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .inference import model_batches, predict_logits, prepare_model
-from .profiles import autocast
+from .classifier import predict_proba
+from .inference import predict_logits
 
 __all__ = ["GatedPrediction", "covid_probability", "gated_predict"]
 
@@ -56,24 +56,11 @@ def check_images(images: Tensor) -> None:
         raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
 
 
-@torch.no_grad()
 def covid_probability(classifier: nn.Module, images: Tensor, size: int, device: str | torch.device | None = None,
                       batch_size: int = 8) -> Tensor:
-    """P(COVID-19) per slice, ``(N,)`` float32 on the CPU: the softmax of the classifier's logits ``(B, C)``, class 1.
-
-    Each slice is resized to the classifier's ``size`` as :func:`~crlearn.inference.predict_logits` resizes for the
-    segmenter (the same :func:`~crlearn.inference.model_batches`); one view, no test-time augmentation.
-    """
-    classifier, device, dtype = prepare_model(classifier, device)
-    out = []
-    for xs in model_batches(images, size, device, batch_size):
-        with autocast(device, dtype):
-            logits = classifier(xs)
-        if logits.dim() != 2 or logits.shape[1] < 2:
-            raise ValueError(f"the classifier must return logits (B, C) with C >= 2 (class 1 = COVID-19), "
-                             f"got shape {tuple(logits.shape)}")
-        out.append(logits.float().softmax(1)[:, 1].cpu())
-    return torch.cat(out)
+    """P(COVID-19) per slice, ``(N,)`` float32 on the CPU (:func:`crlearn.classifier.predict_proba`), each slice
+    resized to the classifier's ``size`` as the segmenter's input is; one view, no test-time augmentation."""
+    return torch.from_numpy(predict_proba(classifier, images, device, batch_size, size)).float()
 
 
 def gated_predict(segmenter: nn.Module, classifier: nn.Module, images: Tensor, size: int,

@@ -36,11 +36,13 @@ def prepare_model(model: nn.Module, device: str | torch.device | None = None
     return model, device, autocast_dtype(device)
 
 
-def model_batches(images: Tensor, size: int, device: torch.device, batch_size: int = 8) -> Iterator[Tensor]:
-    """Batches of ``images (N, C, H, W)`` resized to ``(size, size)`` (bilinear, antialiased: as in training), each
-    copied once to the device in channels_last layout: the input side of every inference loop."""
+def model_batches(images: Tensor, size: int | None, device: torch.device, batch_size: int = 8) -> Iterator[Tensor]:
+    """Batches of ``images (N, C, H, W)`` resized to ``(size, size)`` (bilinear, antialiased: as in training; ``None``
+    keeps their size), each copied once to the device in channels_last layout: the input side of every inference
+    loop."""
     for i in range(0, len(images), batch_size):
-        yield to_device(_resize(images[i : i + batch_size], (size, size)), device)
+        x = images[i : i + batch_size]
+        yield to_device(x if size is None else _resize(x, (size, size)), device)
 
 
 @torch.no_grad()
