@@ -3,10 +3,16 @@
 Every row is trained on the same split with the same seed and evaluated on the merged ``infection`` class
 (the setting of Table 7) at the data's own resolution. With ``folds`` the rows are repeated over group folds
 and reported as mean ± std.
+
+Table 7 also gives each row's COVID-19 slice classification accuracy: the row's encoder as the classifier of §2.8.
+With ``classify_data`` every trained model gets that column too: its encoder, frozen, under a linear head
+(:func:`crlearn.classifier.classifier_from_segmenter`) trained by :func:`crlearn.classifier_train.fit_classifier`
+on one group split of the labelled slices (the same for every row and fold) and scored on its test groups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .classification import ClassificationDataset, classification_split
+from .classifier import classifier_from_segmenter, evaluate_classifier
+from .classifier_train import ClassifyConfig, classify_config, fit_classifier, split_groups
 from .data import MERGED_CLASS, SegmentationDataset, default_data_dir
 from .engine import fit
 from .inference import evaluate
@@ -26,21 +35,54 @@ from .splits import group_folds, split_by_group
 
 @dataclass(frozen=True)
 class AblationRow:
-    """One row of Table 7: a model variant, a loss, and the paper's Dice for it."""
+    """One row of Table 7: a model variant, a loss, and the paper's Dice and classification accuracy for it."""
 
     key: str
     label: str
     variant: str  # CRNetConfig.variant
     hybrid: bool  # hybrid loss (True) or BCE alone
     paper_dice: float  # Huang et al. 2022, Table 7
+    paper_accuracy: float  # Table 7: COVID-19 slice classification accuracy with the row's encoder (§2.8)
 
 
 TABLE7: tuple[AblationRow, ...] = (
-    AblationRow("unet", "U-Net (SE-ResNet34)", "unet", False, 0.793),
-    AblationRow("aspp", "+ ASPP", "unet_aspp", False, 0.817),
-    AblationRow("refine", "+ refine", "crnet", False, 0.850),
-    AblationRow("hybrid", "+ hybrid loss", "crnet", True, 0.870),
+    AblationRow("unet", "U-Net (SE-ResNet34)", "unet", False, 0.793, 0.933),
+    AblationRow("aspp", "+ ASPP", "unet_aspp", False, 0.817, 0.950),
+    AblationRow("refine", "+ refine", "crnet", False, 0.850, 0.961),
+    AblationRow("hybrid", "+ hybrid loss", "crnet", True, 0.870, 0.983),
 )
+ClassifyTask = tuple[ClassificationDataset, dict[str, list[int]], ClassifyConfig]  # slices, group split, config
+CLS_METRICS = ("cls_accuracy", "cls_auc")  # per fold, with classify_data
+
+
+def classification_task(data: str | Path, profile: str, size: int, seed: int = 0) -> ClassifyTask:
+    """The labelled slices of ``data`` read once at ``size`` (the segmentation profile's), their group split
+    (:func:`crlearn.classification.classification_split`, ``seed``) and the profile's frozen-mode
+    :class:`~crlearn.classifier_train.ClassifyConfig`: one task for every row and fold."""
+    cfg = classify_config(profile, "frozen", seed=seed, size=size)
+    full = ClassificationDataset(data, size=cfg.size, fit=cfg.fit, normalize=cfg.normalize)
+    return full, classification_split(full, seed=seed), cfg
+
+
+def task_record(task: ClassifyTask) -> dict[str, Any]:
+    """What the result keeps of a task (its ``classify`` entry): data folder, config, split groups, test slices."""
+    full, split, cfg = task
+    return {"data": str(full.root.resolve()), "config": dataclasses.asdict(cfg),
+            "split_groups": split_groups(full, split), "n_test_slices": len(split["test"])}
+
+
+def classification_scores(segmenter: CRNet, task: ClassifyTask, device: str | torch.device | None = None,
+                          progress: bool = False) -> dict[str, float | None]:
+    """Table 7's accuracy column for one trained segmenter: its encoder, frozen, under a linear head, trained as
+    ``crlearn classify train`` trains it (:func:`~crlearn.classifier_train.fit_classifier`: the augmented train
+    part, early stopping on val) and scored on the test groups: ``{"cls_accuracy", "cls_auc"}`` at slice level."""
+    full, split, cfg = task
+    torch.manual_seed(cfg.seed)  # the head's initial weights, as run_classify seeds them
+    classifier = classifier_from_segmenter(segmenter, "frozen")
+    fit_classifier(classifier, full.subset(split["train"], augment=cfg.augment), full.subset(split["val"]), cfg,
+                   device, progress)
+    scores = evaluate_classifier(classifier, full.subset(split["test"]), device)["slice"]
+    return {"cls_accuracy": scores["accuracy"], "cls_auc": scores["auc"]}
 
 
 def run_ablation(
@@ -54,6 +96,7 @@ def run_ablation(
     device: str | torch.device | None = None,
     progress: bool = True,
     tta: bool = True,
+    classify_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every row; returns ``{"rows": [...], "profile": ..., "hardware": ..., ...}``.
 
@@ -61,19 +104,21 @@ def run_ablation(
     Each row reports the pooled test Dice of the infection class, and also IoU, precision, recall and
     boundary F1, evaluated with test-time augmentation unless ``tta=False``; ``models`` (not saved to JSON)
     keeps the trained models of the last fold for inspection.
+
+    ``classify_data`` (a labelled folder, e.g. :func:`crlearn.classification.default_classification_dir`; ``None``
+    skips it) adds Table 7's accuracy column: :func:`classification_scores` of each trained model on the run's one
+    :func:`classification_task` (``epochs`` does not cap the head): ``cls_accuracy``, ``cls_auc``, ``classify``.
     """
     prof = PROFILES[profile]
     device = pick_device(device)
-    overrides: dict[str, Any] = {"seed": seed}
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if max_minutes is not None:
-        overrides["max_minutes"] = max_minutes
+    caps = {"epochs": epochs, "max_minutes": max_minutes}
+    overrides: dict[str, Any] = {"seed": seed, **{k: v for k, v in caps.items() if v is not None}}
     base_cfg = prof.train_config(**overrides)
     full = SegmentationDataset(data if data is not None else default_data_dir(), merge=True)  # loaded once
     groups = full.groups
     splits = group_folds(groups, folds, seed) if folds else [split_by_group(groups, seed=seed)]
     names = full.class_names
+    task = classification_task(classify_data, profile, base_cfg.size, seed) if classify_data is not None else None
     per_row: dict[str, list[dict[str, float]]] = {r.key: [] for r in rows}
     models: dict[str, CRNet] = {}
     t_start = time.perf_counter()
@@ -90,6 +135,8 @@ def run_ablation(
             seconds = time.perf_counter() - t0
             m = evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS]
             per_row[row.key].append({**m, "seconds": seconds, "epochs": len(hist["epoch"])})
+            if task is not None:
+                per_row[row.key][-1].update(classification_scores(model, task, device, progress))
             models[row.key] = model.cpu()
     return {
         "profile": profile,
@@ -105,32 +152,45 @@ def run_ablation(
         "models": models,
         "note": "Paper numbers: Huang et al. 2022, Table 7, on their own data and at full scale; "
         f"this run: {full.root.name}, this profile. {DISCLAIMER}",
+        **({"classify": task_record(task)} if task is not None else {}),
     }
 
 
 def summarise_row(row: AblationRow, runs: Sequence[dict[str, float]]) -> dict[str, Any]:
-    """One row of the result: the row's settings, the mean (and sample std over folds) of each metric, the folds."""
+    """One row of the result: the row's settings, the mean (and sample std over folds) of each metric, the folds.
+    The classification metrics (:data:`CLS_METRICS`) when the folds have them; an undefined AUC (``None``) is left
+    out of its mean, and a metric no fold defines is ``None``."""
     entry: dict[str, Any] = {"key": row.key, "label": row.label, "variant": row.variant, "hybrid": row.hybrid,
-                             "paper_dice": row.paper_dice}
-    for metric in ("dice", "iou", "precision", "recall", "boundary_f1", "seconds", "epochs"):
-        vals = np.array([r[metric] for r in runs], dtype=float)
-        entry[metric] = float(vals.mean())
-        if len(runs) > 1:
+                             "paper_dice": row.paper_dice, "paper_accuracy": row.paper_accuracy}
+    cls = [m for m in CLS_METRICS if runs and m in runs[0]]
+    for metric in ("dice", "iou", "precision", "recall", "boundary_f1", "seconds", "epochs", *cls):
+        vals = np.array([r[metric] for r in runs if r[metric] is not None], dtype=float)
+        entry[metric] = float(vals.mean()) if len(vals) else None
+        if len(vals) > 1:
             entry[f"{metric}_std"] = float(vals.std(ddof=1))
     entry["folds"] = list(runs)
     return entry
 
 
 def ablation_markdown(result: dict[str, Any]) -> str:
-    """Table 7 laid out with the paper's Dice beside this run's."""
+    """Table 7 laid out with the paper's Dice beside this run's; with a ``classify`` entry, the paper's slice
+    classification accuracy beside this run's, and its AUC."""
     k = result["folds"]
     head = (f"Ablation (paper Table 7), profile `{result['profile']}`, {result['hardware']}, "
             f"{'mean ± std over ' + str(k) + ' group folds' if k > 1 else 'one group split'}, seed {result['seed']}.")
+    cls = result.get("classify")
+    if cls:
+        head += (f" Accuracy: the row's encoder, frozen, under a linear head trained on `{Path(cls['data']).name}`, "
+                 f"slice level on its {cls['n_test_slices']} test-group slices.")
 
     def fmt(r: dict[str, Any], m: str) -> str:
+        if r[m] is None:
+            return "-"
         return f"{r[m]:.3f} ± {r[m + '_std']:.3f}" if f"{m}_std" in r else f"{r[m]:.3f}"
 
-    header = ["row", "paper Dice", "this run Dice", "IoU", "precision", "recall", "boundary F1", "train s"]
+    header = ["row", "paper Dice", "this run Dice", "IoU", "precision", "recall", "boundary F1"]
+    header += ["paper accuracy", "this run accuracy", "AUC"] if cls else []
     cells = [[r["label"], f"{r['paper_dice']:.3f}", *(fmt(r, m) for m in ("dice", "iou", "precision", "recall",
-              "boundary_f1")), f"{r['seconds']:.0f}"] for r in result["rows"]]
-    return f"{head}\n\n{markdown_table(header, cells)}\n"
+              "boundary_f1")), *([f"{r['paper_accuracy']:.3f}", *(fmt(r, m) for m in CLS_METRICS)] if cls else []),
+              f"{r['seconds']:.0f}"] for r in result["rows"]]
+    return f"{head}\n\n{markdown_table(header + ['train s'], cells)}\n"

@@ -51,7 +51,7 @@ class ConvBNReLU(nn.Sequential):
 
 
 class SEBlock(nn.Module):
-    """Squeeze-and-excitation channel attention (Huang et al. 2022, §2.4).
+    """Squeeze-and-excitation channel attention (Huang et al. 2022, §2.5).
 
     Hu, Shen, Sun, "Squeeze-and-Excitation Networks", CVPR 2018, arXiv:1709.01507.
     Global average pooling "squeezes" each channel to one number, two 1x1 convolutions
@@ -83,7 +83,7 @@ class SEBlock(nn.Module):
 
 
 class SEBasicBlock(nn.Module):
-    """ResNet basic block with squeeze-and-excitation (Huang et al. 2022, §2.4).
+    """ResNet basic block with squeeze-and-excitation (Huang et al. 2022, §2.5).
 
     He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, plus the SE
     block of Hu et al. (CVPR 2018) applied to the residual branch before the addition.

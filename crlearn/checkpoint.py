@@ -114,7 +114,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not one of ours"
         raise CheckpointError(f"{path}: not a crlearn checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("crlearn-classifier"):  # crlearn.classifier.CLASSIFIER_FORMAT
+        raise CheckpointError(f"{path}: a classifier checkpoint (crlearn classify train), not a segmentation "
+                              f"checkpoint (crlearn train)")
+    if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a crlearn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     model = CRNet(CRNetConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["state_dict"])

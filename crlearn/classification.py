@@ -96,6 +96,13 @@ def fit_square(image: torch.Tensor, size: int, fit: str = "pad") -> torch.Tensor
     return F.pad(image, (left, size - ww - left, top, size - hh - top))  # zeros: (1, size, size)
 
 
+def classifier_input(image: torch.Tensor, size: int, fit: str = "pad", normalize: str = "none") -> torch.Tensor:
+    """A slice ``(1, H, W)`` as the classifier reads it: clamped to [0, 1], normalised at its own size
+    (:func:`crlearn.data.normalize_intensity`), then brought to ``(1, size, size)`` by :func:`fit_square`. The one
+    path of :class:`ClassificationDataset` and of gated prediction (:func:`crlearn.gate.predict_files`)."""
+    return fit_square(normalize_intensity(image.clamp(0, 1), normalize), size, fit)
+
+
 class ClassificationDataset(Dataset):
     """CT slices of a labelled folder as ``(image [1,S,S] float in [0,1], target)``, target 1 = COVID-19 (§2.8).
 
@@ -132,8 +139,8 @@ class ClassificationDataset(Dataset):
         self.images = torch.stack(images) if images else torch.empty(0, 1, size, size)  # (N, 1, S, S)
 
     def _read(self, name: str) -> torch.Tensor:
-        image = torch.from_numpy(read_image(self.root / "images" / f"{name}.png"))[None].clamp_(0, 1)  # (1, H, W)
-        return fit_square(normalize_intensity(image, self.normalize), self.size, self.fit)
+        image = torch.from_numpy(read_image(self.root / "images" / f"{name}.png"))[None]  # (1, H, W)
+        return classifier_input(image, self.size, self.fit, self.normalize)
 
     def subset(self, indices: Sequence[int], augment: bool = False) -> ClassificationDataset:
         """The slices at ``indices`` as a new data set, from memory (no file is read again)."""

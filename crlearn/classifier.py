@@ -110,7 +110,34 @@ def predict_proba(model: nn.Module, images: Tensor, device: str | torch.device |
     return torch.softmax(predict_logits(model, images, device, batch_size, size).double(), dim=1)[:, 1].numpy()
 
 
-# ----------------------------------------------------------------------------- metrics (§2.8, Eq. 6-9)
+@torch.no_grad()
+def occlusion_map(model: nn.Module, image: Tensor, patch: int = 16, stride: int = 8, fill: float = 0.0,
+                  device: str | torch.device | None = None, batch_size: int = 64) -> Tensor:
+    """Where the classifier looks (occlusion sensitivity, Zeiler & Fergus 2014; hand-written here because it is
+    the lesson, Captum's ``Occlusion`` does the same): P(COVID-19) of ``image`` ``(1, S, S)`` minus P(COVID-19)
+    with a ``patch`` x ``patch`` square set to ``fill``, averaged over every position of the square (step
+    ``stride``, the last row and column of positions flush with the border) that covers the pixel: ``(S, S)``
+    float32. Positive where hiding the pixel lowers P(COVID-19) (evidence for COVID-19), negative where it raises it.
+    """
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 1:
+        raise ValueError(f"image must be one slice (1, S, S), got {getattr(image, 'shape', type(image).__name__)}")
+    _, h, w = image.shape
+    if not 0 < patch <= min(h, w) or stride < 1:
+        raise ValueError(f"patch must lie in 1..{min(h, w)} and stride be >= 1, got patch {patch}, stride {stride}")
+    corners = [(t, left) for t in sorted({*range(0, h - patch + 1, stride), h - patch})
+               for left in sorted({*range(0, w - patch + 1, stride), w - patch})]
+    views = image.float().repeat(len(corners), 1, 1, 1)  # (P, 1, S, S): one occluded copy per position
+    for k, (t, left) in enumerate(corners):
+        views[k, :, t:t + patch, left:left + patch] = fill
+    drop = predict_proba(model, image[None].float(), device)[0] - predict_proba(model, views, device, batch_size)
+    total, count = torch.zeros(h, w, dtype=torch.float64), torch.zeros(h, w, dtype=torch.float64)
+    for (t, left), d in zip(corners, drop.tolist()):
+        total[t:t + patch, left:left + patch] += d
+        count[t:t + patch, left:left + patch] += 1
+    return (total / count).float()
+
+
+# ----------------------------------------------------------------------------- metrics (§3.2, Eq. 6-9)
 
 
 def slice_metrics(y_true: Sequence[int], probs: Sequence[float], threshold: float = THRESHOLD) -> dict[str, Any]:
@@ -162,6 +189,22 @@ def patient_metrics(y_true: Sequence[int], probs: Sequence[float], groups: Seque
     return {"any_slice": _rule_scores(truth, any_slice), "mean_probability": _rule_scores(truth, mean_prob)}
 
 
+def patient_rule_sweep(y_true: Sequence[int], probs: Sequence[float], groups: Sequence[Hashable],
+                       thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """Sensitivity and specificity of both patient rules (:func:`patient_metrics`) at each threshold:
+    ``{"thresholds": [...], "any_slice": {"sensitivity": [...], "specificity": [...], "accuracy": [...]},
+    "mean_probability": {...}, "n_groups": G}``; thresholds default to 0.05, 0.10, ..., 0.95."""
+    ts = [round(0.05 * k, 2) for k in range(1, 20)] if thresholds is None else [float(t) for t in thresholds]
+    out: dict[str, Any] = {"thresholds": ts}
+    for t in ts:
+        pm = patient_metrics(y_true, probs, groups, t)
+        for rule, scores in pm.items():
+            for what in ("sensitivity", "specificity", "accuracy"):
+                out.setdefault(rule, {}).setdefault(what, []).append(scores[what])
+            out["n_groups"] = scores["n_groups"]
+    return out
+
+
 def evaluate_classifier(model: nn.Module, dataset: Any, device: str | torch.device | None = None,
                         batch_size: int = 64, threshold: float = THRESHOLD) -> dict[str, Any]:
     """Slice- and patient-level metrics of a classifier on a :class:`~crlearn.classification.ClassificationDataset`
@@ -199,7 +242,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt == CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: a segmentation checkpoint (crlearn train), not a classifier checkpoint "
-                              f"(crlearn classify train); to build a classifier on it, pass it as --encoder")
+                              f"(crlearn classify train); a classifier is built on its encoder by crlearn classify train --encoder")
     if fmt != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{path}: not a crlearn classifier checkpoint (no '{CLASSIFIER_FORMAT}' format tag)")
     model = build_classifier(ckpt["encoder_config"], ckpt["mode"])

@@ -29,6 +29,7 @@ from .classification import (
     FITS,
     LABELS,
     ClassificationDataset,
+    classification_folds,
     classification_split,
     default_classification_dir,
 )
@@ -239,7 +240,7 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
                  profile: str | None = None, out: str | Path | None = None, force: bool = False, seed: int = 0,
                  device: str | torch.device | None = None, progress: bool = False,
                  log: Callable[[str], Any] | None = print, seg_overrides: dict[str, Any] | None = None,
-                 **overrides: Any) -> ClassifyResult:
+                 fold: int | None = None, n_folds: int = 5, **overrides: Any) -> ClassifyResult:
     """Train and evaluate the slice classifier of §2.8; returns a :class:`ClassifyResult`.
 
     Args:
@@ -253,6 +254,8 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
         seed: seeds the split, stage 1, the head and the batch order.
         log: called with one line per stage (``None``: silent).
         seg_overrides: :class:`~crlearn.profiles.TrainConfig` overrides (and ``data``) for stage 1.
+        fold: use fold ``fold`` (0-based) of ``n_folds`` group folds (:func:`crlearn.classification.
+            classification_folds`, same seed) instead of the 70/10/20 split; every fold's test groups differ.
         overrides: :class:`ClassifyConfig` fields (``epochs``, ``size``, ``fit``, ``normalize``, ``lr``...).
     """
     name = resolve_profile(profile)
@@ -261,7 +264,7 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
     out = fresh_path(out, explicit=True, force=force, is_dir=True) if out is not None else None
     full = ClassificationDataset(data if data is not None else default_classification_dir(), size=cfg.size,
                                  fit=cfg.fit, normalize=cfg.normalize)
-    split = classification_split(full, seed=seed)
+    split = classification_split(full, seed=seed) if fold is None else fold_split(full, fold, n_folds, seed)
     model, source = _classifier(mode, encoder, name, seed, out, force, device, progress, log, seg_overrides)
     if log:
         log(f"stage 2, classifier ({mode}): profile {name} on {device} ({hardware()}); "
@@ -271,7 +274,8 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
                              device, progress)
     metrics = {"mode": mode, "profile": name, "hardware": hardware(), "device": str(device),
                "data": str(full.root.resolve()), "encoder_checkpoint": source, "class_names": CLASS_NAMES,
-               "config": dataclasses.asdict(cfg), "split": split, "split_groups": split_groups(full, split),
+               "config": dataclasses.asdict(cfg), "split": split, "fold": fold,
+               "n_folds": n_folds if fold is not None else None, "split_groups": split_groups(full, split),
                "train_seconds": sum(history["seconds"]), "epochs_run": len(history["epoch"]), "history": history,
                "note": DISCLAIMER}
     for part in ("val", "test"):
@@ -286,6 +290,13 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
     if log:
         log(f"stage 2: trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s")
     return ClassifyResult(model, history, metrics, full, out)
+
+
+def fold_split(full: ClassificationDataset, fold: int, n_folds: int, seed: int) -> dict[str, list[int]]:
+    """Fold ``fold`` of :func:`crlearn.classification.classification_folds` (checked: 0 <= fold < n_folds)."""
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold must lie in 0..{n_folds - 1}, got {fold}")
+    return classification_folds(full, n_folds=n_folds, seed=seed)[fold]
 
 
 def split_groups(full: ClassificationDataset, split: dict[str, list[int]]) -> dict[str, list[str]]:

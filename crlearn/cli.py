@@ -5,9 +5,9 @@ and prints; the work is done by :func:`crlearn.train.run`, :func:`crlearn.infere
     crlearn train [--data DIR ...] [--profile auto|quick|full] [--classes NAME ... | --merge] [--normalize KIND]
                   [--out RUN]
     crlearn evaluate --checkpoint RUN/best.pt [--data DIR] [--out FILE.json]
-    crlearn predict --checkpoint RUN/best.pt IMAGE.png ... [--out DIR]
+    crlearn predict --checkpoint RUN/best.pt IMAGE.png ... [--classifier CLS.pt [--threshold P]] [--out DIR]
     crlearn burden --checkpoint RUN/best.pt [--data DIR] [--out FILE.json]
-    crlearn ablate [--folds K] [--profile P] [--out DIR]
+    crlearn ablate [--folds K] [--profile P] [--classify [DIR]] [--out DIR]
     crlearn bench model|ssim [options]
     crlearn classify train|evaluate [options]   (the slice classifier of §2.8: crlearn.cli_classify)
 
@@ -102,34 +102,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from .checkpoint import atomic_write_bytes
-    from .data import normalize_intensity, read_image
-    from .inference import predict
+    from .gate import area_rows, predict_files
     from .report import save_figure
     from .viz import plot_overlays
 
     model, ckpt, device = _load_model(args)
+    classifier, cls_ckpt = (None, None)
+    if args.classifier is not None:
+        from .classifier import load_classifier
+
+        classifier, cls_ckpt = load_classifier(args.classifier, device)
     names, size = ckpt["class_names"], ckpt["train_config"]["size"]  # the size the model was trained at
     out = _out(args, "runs/predict")
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in args.images:
-        image = torch.from_numpy(read_image(path))[None, None]  # (1, 1, H, W)
-        _, labels = predict(model, normalize_intensity(image, _normalization(ckpt)), size, device, tta=args.tta)
-        h, w = image.shape[-2:]
-        for k, name in enumerate(names):
-            px = int(labels[0, k].sum())
-            rows.append({"image": str(path), "class": name, "pixels": px, "fraction": px / (h * w)})
-        save_figure(plot_overlays(image, None, labels, names, titles=[Path(path).stem]),
-                    out / f"{Path(path).stem}_overlay.png")
+    preds = predict_files(args.images, model, size, _normalization(ckpt), classifier, cls_ckpt, args.threshold,
+                          device, args.tta)
+    for pred in preds:
+        save_figure(plot_overlays(pred.image, None, pred.masks, names, titles=[pred.title]),
+                    out / f"{Path(pred.path).stem}_overlay.png")
+    rows = area_rows(preds, names)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "class", "pixels", "fraction"])
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "areas.csv", buf.getvalue().encode())
     print(buf.getvalue().rstrip())
+    if classifier is not None:
+        n_skipped = sum(not p.segmented for p in preds)
+        print(f"gated by {args.classifier} at P(COVID) >= {args.threshold:g}: {len(preds) - n_skipped} segmented, "
+              f"{n_skipped} not segmented (pixels 0)")
     print(f"wrote {out}/: areas.csv and one overlay PNG per image")
     print(DISCLAIMER)
     return 0
@@ -185,7 +187,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     profile = resolve_profile(args.profile)
     out = _out(args, f"runs/ablate-{profile}")
     result = run_ablation(args.data, profile, folds=args.folds, seed=args.seed, epochs=args.epochs,
-                          max_minutes=args.max_minutes, device=args.device, progress=not args.quiet, tta=args.tta)
+                          max_minutes=args.max_minutes, device=args.device, progress=not args.quiet, tta=args.tta,
+                          classify_data=args.classify)
     result.pop("models")
     out.mkdir(parents=True, exist_ok=True)
     md = ablation_markdown(result)
@@ -287,6 +290,9 @@ def _train_parser(sub: Any) -> None:
 
 
 def _eval_parsers(sub: Any) -> None:
+    from .classification import default_classification_dir
+    from .classifier import THRESHOLD
+
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data folder")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     _add_data(e)
@@ -296,6 +302,11 @@ def _eval_parsers(sub: Any) -> None:
     pr = sub.add_parser("predict", help="overlays and lesion areas for images, at the checkpoint's input size")
     pr.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     pr.add_argument("images", nargs="+", help="grayscale PNG slices")
+    pr.add_argument("--classifier", default=None,
+                    help="a classifier best.pt (crlearn classify train): segment only the slices it calls COVID-19 "
+                         "(paper §2.8); areas.csv gains p_covid and segmented columns")
+    pr.add_argument("--threshold", type=float, default=THRESHOLD,
+                    help=f"with --classifier: segment a slice when P(COVID) >= this (default {THRESHOLD})")
     _add_model_run(pr, "folder for areas.csv and the overlays (default: runs/predict)", quiet=False)
     pr.set_defaults(func=cmd_predict)
 
@@ -314,6 +325,9 @@ def _eval_parsers(sub: Any) -> None:
     _add_profile(a)
     a.add_argument("--folds", type=int, default=None, help="repeat over K group folds: mean ± std")
     a.add_argument("--epochs", type=int, default=None, help="cap every row's epochs")
+    a.add_argument("--classify", nargs="?", const=str(default_classification_dir()), default=None, metavar="DIR",
+                   help="add Table 7's classification accuracy: each row's encoder, frozen, under a linear head "
+                        "trained and tested on a labelled folder's group split (default DIR: data_sample/sarscov2_ct)")
     _add_budget(a, "cap every row's training time")
     _add_model_run(a, "folder for ablation.json/.md/.png (default: runs/ablate-<profile>)")
     a.set_defaults(func=cmd_ablate)

@@ -1,7 +1,7 @@
 """The coarse module: a U-Net with an SE-ResNet-34 encoder and an ASPP bridge.
 
 Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
-IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.3-2.5, Figs. 1-2).
+IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.5, Figs. 1-2).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def upsample_like(x: Tensor, ref: Tensor) -> Tensor:
 
 
 class DecoderStage(nn.Module):
-    """One U-Net decoder stage (Huang et al. 2022, §2.3): up-sample, concatenate the skip,
+    """One U-Net decoder stage (Huang et al. 2022, §2.5): up-sample, concatenate the skip,
     then 3 x (conv3x3-BN-ReLU).
 
     Args:
@@ -45,11 +45,11 @@ class DecoderStage(nn.Module):
 
 
 class CoarseModule(nn.Module):
-    """Coarse segmentation network (Huang et al. 2022, §2.3-2.5, Fig. 1).
+    """Coarse segmentation network (Huang et al. 2022, §2.5, Fig. 1).
 
     Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
     IET Image Processing 2022, doi:10.1049/ipr2.12278.
-    SE-ResNet-34 encoder (§2.4) -> ASPP bridge at H/32 (§2.5, Fig. 2) -> four decoder
+    SE-ResNet-34 encoder (§2.5) -> ASPP bridge at H/32 (§2.5, Fig. 2) -> four decoder
     stages that mirror the encoder (channels c3, c2, c1, c0 at H/16 ... H/2, each
     skipping to the encoder feature of the same size) -> 1x1 head and a final bilinear
     up-sampling to the input size.

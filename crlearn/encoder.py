@@ -1,7 +1,7 @@
 """The SE-ResNet-34 encoder of the coarse module, and the same encoder used as a classifier.
 
 Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
-IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.4 encoder, §2.8 classifier).
+IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.5 encoder, §2.8 classifier).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def scaled_widths(width: float) -> tuple[int, ...]:
 
 
 class SEResNet34Encoder(nn.Module):
-    """SE-ResNet-34 feature extractor (Huang et al. 2022, §2.4, Fig. 1 left half).
+    """SE-ResNet-34 feature extractor (Huang et al. 2022, §2.5, Fig. 1 left half).
 
     A ResNet-34 (He et al., CVPR 2016) whose basic blocks carry squeeze-and-excitation
     (Hu et al., CVPR 2018). Stem: 7x7 stride-2 conv, BN, ReLU; then 3x3 stride-2 max

@@ -1,4 +1,4 @@
-"""Segmentation metrics (§3.2, Eq. 2-9) and the classifier's metrics (§2.8).
+"""Segmentation metrics and the classifier's metrics (§3.2, Eq. 2-9; the classifier is that of §2.8).
 
 Segmentation metrics are computed per class channel from pixel counts on binary
 masks ``[B, C, H, W]`` (one channel per class, each a yes/no mask):

@@ -1,7 +1,7 @@
 """CR-Net: the coarse module, optionally followed by the refinement module.
 
 Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
-IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.3-2.6, Figs. 1-3, Table 7).
+IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.5-2.6, Figs. 1-3, Table 7).
 
     from crlearn.model import CRNet, CRNetConfig
     net = CRNet(CRNetConfig.quick())           # tiny, trains on a CPU
@@ -84,7 +84,7 @@ class CRNet(nn.Module):
 
     Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
     IET Image Processing 2022, doi:10.1049/ipr2.12278.
-    The coarse module (SE-ResNet-34 U-Net, §2.4, with an ASPP bridge, §2.5) predicts
+    The coarse module (SE-ResNet-34 U-Net with an ASPP bridge, §2.5) predicts
     logits; the refinement module (§2.6, Fig. 3, after BASNet's RRM) reads them and
     predicts a residual, and ``final = coarse + residual``. Both logit maps are
     returned so that the training loss can supervise each (deep supervision).

@@ -196,3 +196,68 @@ def slice_browser(dataset: Any, preds: Any | None = None):
         return plot_overlays([dataset.images[k]], [target], pred, names, titles=[dataset.records[k].name])
 
     return figure_widget(draw, [slider, *toggles])
+
+
+# ----------------------------------------------------------------------------- the slice classifier (§2.8)
+
+
+def plot_classifier(metrics: dict[str, Any], class_names: Sequence[str], title: str = "") -> Figure:
+    """The confusion matrix (counts, colour bar) and the ROC curve of :func:`crlearn.classifier.slice_metrics`."""
+    cm = np.asarray(metrics["confusion_matrix"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    im = ax1.imshow(cm, cmap="Blues", vmin=0)
+    for (i, j), v in np.ndenumerate(cm):
+        ax1.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax1.set_xticks(range(len(class_names)), class_names)
+    ax1.set_yticks(range(len(class_names)), class_names)
+    ax1.set_xlabel("predicted")
+    ax1.set_ylabel("true")
+    ax1.set_title(f"confusion matrix, accuracy {metrics['accuracy']:.3f}", fontsize=9)
+    fig.colorbar(im, ax=ax1, label="slices", fraction=0.046)
+    roc = metrics.get("roc")
+    if roc is not None:
+        ax2.plot(roc["fpr"], roc["tpr"], color="#0072B2", label=f"ROC, AUC {metrics['auc']:.3f}")
+    ax2.plot([0, 1], [0, 1], ls="--", color="0.6", label="chance")
+    ax2.set_xlabel("false positive rate (1 - specificity)")
+    ax2.set_ylabel("true positive rate (sensitivity)")
+    ax2.set_aspect("equal")
+    ax2.legend(fontsize=8, loc="lower right")
+    ax2.set_title("ROC curve", fontsize=9)
+    fig.suptitle(f"{title} {DISCLAIMER}".strip(), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_patient_rules(sweep: dict[str, Any]) -> Figure:
+    """Sensitivity and specificity of each patient rule against the threshold (:func:`crlearn.classifier.
+    patient_rule_sweep`); any slice in solid lines, mean probability dashed."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    colors = {"sensitivity": "#0072B2", "specificity": "#D55E00"}
+    for rule, ls in (("any_slice", "-"), ("mean_probability", "--")):
+        for what, c in colors.items():
+            ax.plot(sweep["thresholds"], sweep[rule][what], ls=ls, color=c, label=f"{rule.replace('_', ' ')}: {what}")
+    ax.set_xlabel("threshold on P(COVID-19)")
+    ax.set_ylabel("fraction of pseudo-patients")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(f"patient rules on {sweep['n_groups']} held-out pseudo-patient groups", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_occlusion(images: Sequence[Any], maps: Sequence[Any], titles: Sequence[str]) -> Figure:
+    """Each slice beside its occlusion map (:func:`crlearn.classifier.occlusion_map`), a diverging map centred on
+    zero with its colour bar: orange = evidence for COVID-19, purple = against (colour-blind safe)."""
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(2.9 * n, 6.0), squeeze=False)
+    lim = max(float(np.abs(to_numpy(m)).max()) for m in maps) or 1.0
+    for c in range(n):
+        axes[0, c].imshow(to_numpy(images[c]).squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[0, c].set_title(titles[c], fontsize=8)
+        im = axes[1, c].imshow(to_numpy(maps[c]), cmap="PuOr_r", vmin=-lim, vmax=lim)
+        axes[1, c].set_title("drop in P(COVID-19) when hidden", fontsize=8)
+        for ax in axes[:, c]:
+            ax.axis("off")
+    fig.colorbar(im, ax=list(axes[1]), fraction=0.03, label="P drop")
+    fig.suptitle(DISCLAIMER, fontsize=8)
+    return fig

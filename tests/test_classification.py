@@ -267,6 +267,18 @@ def test_patient_rules_hand_computed():
     assert (mean["sensitivity"], mean["specificity"]) == (0.5, 1.0)
 
 
+def test_patient_rule_sweep_hand_computed():
+    from crlearn.classifier import patient_rule_sweep
+
+    y, probs, groups = [1, 1, 1, 0, 0, 0, 1, 1], [0.9, 0.2, 0.1, 0.6, 0.1, 0.2, 0.7, 0.8], list("aaabbbcc")
+    sweep = patient_rule_sweep(y, probs, groups, thresholds=[0.5, 0.65, 0.95])
+    # any slice: max P per group a 0.9, b 0.6, c 0.8; mean P: a 0.4, b 0.3, c 0.75
+    assert sweep["any_slice"]["sensitivity"] == [1.0, 1.0, 0.0]
+    assert sweep["any_slice"]["specificity"] == [0.0, 1.0, 1.0]
+    assert sweep["mean_probability"]["sensitivity"] == [0.5, 0.5, 0.0]
+    assert sweep["n_groups"] == 3 and len(patient_rule_sweep(y, probs, groups)["thresholds"]) == 19
+
+
 def test_slice_metrics_match_sklearn():
     from sklearn.metrics import (
         accuracy_score,
@@ -360,3 +372,48 @@ def test_cli_classify_bad_input_exits_2_with_one_line(seg_ckpt, tiny_sars, tmp_p
                  "--out", str(tmp_path / "r2")]) == 2
     assert main(["classify", "evaluate", "--checkpoint", str(seg_ckpt), "--data", str(tiny_sars)]) == 2
     assert "a segmentation checkpoint" in capsys.readouterr().err
+
+
+def test_run_classify_on_a_fold_holds_out_that_folds_groups(seg_ckpt, tiny_sars):
+    folds = classification_folds(ClassificationDataset(tiny_sars, size=32), n_folds=3, seed=0)
+    tests = []
+    for k in range(3):
+        r = run_classify(tiny_sars, encoder=seg_ckpt, size=32, epochs=1, log=None, fold=k, n_folds=3)
+        assert r.metrics["split"] == folds[k] and (r.metrics["fold"], r.metrics["n_folds"]) == (k, 3)
+        tests.append(set(r.metrics["split_groups"]["test"]))
+    assert set.union(*tests) == set(ClassificationDataset(tiny_sars, size=32).groups)  # every group tested once
+    with pytest.raises(ValueError, match="fold must lie in 0..2"):
+        run_classify(tiny_sars, encoder=seg_ckpt, size=32, epochs=1, log=None, fold=3, n_folds=3)
+
+
+# --------------------------------------------------------------------------- occlusion
+
+
+class RegionModel(torch.nn.Module):
+    """logits (0, 8 * mean of the pixels in rows 4:8, columns 0:4): only that region matters."""
+
+    def forward(self, x):
+        return torch.stack([torch.zeros(len(x)), 8 * x[:, 0, 4:8, 0:4].mean((1, 2))], dim=1)
+
+
+def test_occlusion_map_is_the_probability_drop_of_each_tile_and_zero_away_from_the_evidence():
+    from crlearn.classifier import occlusion_map
+
+    image = torch.rand(1, 16, 16)
+    model = RegionModel()
+    sal = occlusion_map(model, image, patch=4, stride=4)  # non-overlapping tiles: each pixel's value is its tile's
+    assert sal.shape == (16, 16) and sal.dtype == torch.float32
+    base = predict_proba(model, image[None])[0]
+    hidden = image.clone()
+    hidden[:, 4:8, 0:4] = 0
+    assert sal[5, 1].item() == pytest.approx(base - predict_proba(model, hidden[None])[0], abs=1e-6)
+    assert sal[5, 1] > 0  # hiding the evidence lowers P(COVID-19)
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    mask[4:8, 0:4] = False
+    assert sal[mask].abs().max() < 1e-6  # the rest of the slice does not matter to this model
+    overlapping = occlusion_map(model, image, patch=6, stride=3)
+    assert overlapping[15, 15].abs() < 1e-6 and overlapping[5, 1] > 0
+    with pytest.raises(ValueError, match="patch must lie in 1..16"):
+        occlusion_map(model, image, patch=17)
+    with pytest.raises(ValueError, match="one slice"):
+        occlusion_map(model, image[None])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn.checkpoint import save_checkpoint
+from crlearn.checkpoint import load_checkpoint, save_checkpoint
 from crlearn.cli import build_parser, main
 from crlearn.model import CRNet, CRNetConfig
 from crlearn.profiles import TrainConfig
@@ -213,10 +213,13 @@ def test_cli_evaluate_a_lung_and_infection_model(tmp_path, capsys):
 
 def test_cli_evaluate_and_predict_apply_the_checkpoints_normalisation(tmp_path, small_data, monkeypatch):
     from crlearn import data as data_mod
+    from crlearn import gate
 
     seen = []
     real = data_mod.normalize_intensity
-    monkeypatch.setattr(data_mod, "normalize_intensity", lambda x, kind="none": seen.append(kind) or real(x, kind))
+    spy = lambda x, kind="none": seen.append(kind) or real(x, kind)  # noqa: E731
+    monkeypatch.setattr(data_mod, "normalize_intensity", spy)
+    monkeypatch.setattr(gate, "normalize_intensity", spy)  # predict reads its files through crlearn.gate
     model = CRNet(CRNetConfig(num_classes=1, **TINY))
     save_checkpoint(tmp_path / "n.pt", model, ["infection"], TrainConfig(size=64, normalize="equalize"))
     image = next((small_data / "images").iterdir())
@@ -237,3 +240,68 @@ def test_cli_train_takes_several_folders_and_a_normalisation(small_data, tmp_pat
     with pytest.raises(SystemExit):
         main(["train", "--out", str(tmp_path / "r")])
     assert isinstance(seen["data"], str) and seen["normalize"] == "none"  # the default folder, as a path
+
+
+def _classifier_checkpoint(path, segmenter, p_covid):
+    """A classifier checkpoint on ``segmenter``'s encoder whose head says ``p_covid`` for every slice."""
+    from crlearn.classifier import classifier_from_segmenter, save_classifier
+
+    clf = classifier_from_segmenter(segmenter, "frozen")
+    with torch.no_grad():
+        clf.head.weight.zero_()
+        clf.head.bias.copy_(torch.tensor([0.0, float(torch.logit(torch.tensor(p_covid)))]))
+    save_classifier(path, clf, "frozen", size=32, fit="pad", normalize="none")
+    return path
+
+
+def test_cli_predict_gated_by_a_classifier_skips_the_slices_it_calls_negative(tmp_path, small_data, capsys):
+    ckpt = _lung_checkpoint(tmp_path, ["infection"])  # predicts lesion on most pixels
+    segmenter, _ = load_checkpoint(ckpt)
+    yes, no = (_classifier_checkpoint(tmp_path / f"{name}.pt", segmenter, p) for name, p in (("yes", 0.9), ("no", 0.2)))
+    images = [str(p) for p in sorted((small_data / "images").iterdir())[:2]]
+
+    def areas(*extra):
+        out = tmp_path / f"pred{len(list(tmp_path.glob('pred*')))}"
+        assert main(["predict", "--checkpoint", str(ckpt), *images, "--no-tta", "--out", str(out), *extra]) == 0
+        return list(csv.DictReader(open(out / "areas.csv")))
+
+    plain = areas()
+    assert list(plain[0]) == ["image", "class", "pixels", "fraction"]  # no classifier: the columns of old
+    assert all(int(r["pixels"]) > 0 for r in plain)
+    gated = areas("--classifier", str(yes))
+    assert list(gated[0]) == ["image", "class", "pixels", "fraction", "p_covid", "segmented"]
+    assert [(r["image"], r["pixels"]) for r in gated] == [(r["image"], r["pixels"]) for r in plain]
+    assert {(r["p_covid"], r["segmented"]) for r in gated} == {("0.9", "True")}
+    skipped = areas("--classifier", str(no))
+    assert {(r["pixels"], r["fraction"], r["p_covid"], r["segmented"]) for r in skipped} == {("0", "0.0", "0.2", "False")}
+    assert "0 segmented, 2 not segmented" in capsys.readouterr().out
+    assert [r["pixels"] for r in areas("--classifier", str(no), "--threshold", "0.1")] == [r["pixels"] for r in plain]
+
+
+def test_cli_predict_refuses_swapped_checkpoints_with_one_line_naming_the_file(tmp_path, small_data, capsys):
+    ckpt = _lung_checkpoint(tmp_path, ["infection"])
+    cls = _classifier_checkpoint(tmp_path / "cls.pt", load_checkpoint(ckpt)[0], 0.5)
+    image = str(next((small_data / "images").iterdir()))
+    for argv, message in ((["--checkpoint", str(ckpt), "--classifier", str(ckpt)], f"{ckpt}: a segmentation checkpoint"),
+                          (["--checkpoint", str(cls)], f"{cls}: a classifier checkpoint")):
+        assert main(["predict", *argv, image, "--out", str(tmp_path / "p")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_ablate_classify_defaults_to_the_bundled_labelled_set(tmp_path, monkeypatch):
+    from crlearn import ablation
+    from crlearn.classification import default_classification_dir
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["classify_data"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ablation, "run_ablation", spy)
+    for extra, expected in (([], None), (["--classify"], str(default_classification_dir())),
+                            (["--classify", str(tmp_path)], str(tmp_path))):
+        with pytest.raises(SystemExit):
+            main(["ablate", "--profile", "quick", *extra, "--out", str(tmp_path / "a")])
+        assert seen[-1] == expected

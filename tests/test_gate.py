@@ -6,6 +6,7 @@ from conftest import TINY
 from torch import nn
 
 from crlearn.bench import bench_gate
+from crlearn.data import normalize_intensity
 from crlearn.encoder import EncoderClassifier
 from crlearn.gate import GatedPrediction, gated_predict
 from crlearn.inference import predict
@@ -137,3 +138,42 @@ def test_bench_gate_refuses_labels_or_masks_that_do_not_fit_the_stack(labels, ma
 def test_a_threshold_that_is_not_a_number_is_refused(threshold):
     with pytest.raises(ValueError, match="threshold must be a number"):
         gated_predict(CRNet(CRNetConfig(**TINY)), BrightIsCovid(), stack([1]), SIZE, "cpu", threshold=threshold)
+
+
+def test_predict_files_shows_the_classifier_each_slice_as_its_training_set_read_it(tmp_path):
+    import numpy as np
+    from conftest import write_rows
+    from PIL import Image
+
+    from crlearn.classification import ClassificationDataset
+    from crlearn.gate import area_rows, predict_files
+
+    (tmp_path / "images").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / "s1.png")  # 40 x 30: pad and stretch differ
+    write_rows(tmp_path / "index.csv", [{"slice_id": "s1", "label": "covid", "group": "g"}],
+               ["slice_id", "label", "group"])
+    read_as = dict(size=32, fit="pad", normalize="equalize")
+    classifier = BrightIsCovid()
+    seen = record_inputs(classifier)
+    segmenter = CRNet(CRNetConfig(num_classes=1, **TINY))
+    [pred] = predict_files([tmp_path / "images" / "s1.png"], segmenter, SIZE, "standardize", classifier, read_as,
+                           threshold=1.01, device="cpu", tta=False)  # above 1: no slice is segmented
+    assert torch.equal(seen[0], ClassificationDataset(tmp_path, **read_as).images)  # (1, 1, 32, 32), padded
+    assert not pred.segmented and not pred.masks.any() and pred.masks.shape == (1, 1, 30, 40)
+    assert pred.title == f"s1, not segmented (P(COVID)={pred.p_covid:.2f})"
+    [row] = area_rows([pred], ["infection"])
+    assert (row["pixels"], row["segmented"], row["p_covid"]) == (0, False, round(pred.p_covid, 4))
+
+    [plain] = predict_files([tmp_path / "images" / "s1.png"], segmenter, SIZE, "standardize", device="cpu", tta=False)
+    expected = predict(segmenter, normalize_intensity(plain.image, "standardize"), SIZE, "cpu", tta=False)[1]
+    assert plain.p_covid is None and plain.segmented and torch.equal(plain.masks, expected)
+    assert "p_covid" not in area_rows([plain], ["infection"])[0] and plain.title == "s1"
+    with pytest.raises(ValueError, match="needs its checkpoint"):
+        predict_files([tmp_path / "images" / "s1.png"], segmenter, SIZE, classifier=classifier)
+
+
+def test_classifier_images_of_another_length_are_refused():
+    with pytest.raises(ValueError, match="same 2 slices"):
+        gated_predict(CRNet(CRNetConfig(**TINY)), BrightIsCovid(), stack([1, 0]), SIZE, "cpu",
+                      classifier_images=stack([1]))

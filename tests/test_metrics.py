@@ -1,4 +1,4 @@
-"""Segmentation metrics of §3.2 (Eq. 2-9) and classifier metrics (§2.8): hand-computed cases,
+"""Segmentation metrics and classifier metrics of §3.2 (Eq. 2-9; the classifier of §2.8): hand-computed cases,
 scikit-learn agreement, empty-case rule, the markdown table."""
 
 import math

@@ -1,0 +1,50 @@
+"""The Table 7 ablation's classification column: each row's encoder as the slice classifier of §2.8. One row, one
+epoch, tiny folders, no test-time augmentation: seconds."""
+
+import pytest
+from test_classification import write_folder
+
+from crlearn.ablation import TABLE7, ablation_markdown, run_ablation, summarise_row
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Random slices of three groups per class, two slices each: the smallest set every part of the split fits."""
+    rows = [(f"{label}_{g}_{i}", label, f"{label}_g{g}") for label in ("covid", "non_covid") for g in range(3)
+            for i in range(2)]
+    return write_folder(tmp_path_factory.mktemp("labelled"), rows)
+
+
+def test_ablation_with_classify_data_adds_the_accuracy_column(small_data, labelled):
+    kwargs = dict(profile="quick", folds=2, epochs=1, rows=TABLE7[:1], device="cpu", progress=False, tta=False)
+    result = run_ablation(small_data, classify_data=labelled, **kwargs)
+    [row] = result["rows"]
+    assert row["paper_accuracy"] == 0.933 and len(row["folds"]) == 2
+    for fold in row["folds"]:
+        assert 0.0 <= fold["cls_accuracy"] <= 1.0 and 0.0 <= fold["cls_auc"] <= 1.0
+    assert row["cls_accuracy"] == pytest.approx(sum(f["cls_accuracy"] for f in row["folds"]) / 2)
+    assert "cls_accuracy_std" in row and "cls_auc_std" in row
+    assert result["classify"]["config"]["size"] == result["train_config"]["size"]  # the segmentation profile's
+    assert result["classify"]["n_test_slices"] == 4  # one test group of each class, two slices each
+    md = ablation_markdown(result)
+    assert "| paper accuracy | this run accuracy | AUC |" in md and "| 0.933 |" in md and "4 test-group slices" in md
+
+    plain = run_ablation(small_data, **kwargs)  # without classify_data: as before
+    assert "classify" not in plain
+    assert [f["dice"] for f in plain["rows"][0]["folds"]] == [f["dice"] for f in row["folds"]]
+    assert not any(k.startswith("cls_") for k in plain["rows"][0]) and "cls_accuracy" not in plain["rows"][0]["folds"][0]
+    assert "accuracy" not in ablation_markdown(plain)
+
+
+def test_summarise_row_leaves_an_undefined_auc_out_of_its_mean():
+    base = dict(dice=0.5, iou=0.4, precision=0.5, recall=0.5, boundary_f1=0.5, seconds=1.0, epochs=1)
+    row = summarise_row(TABLE7[3], [{**base, "cls_accuracy": 0.5, "cls_auc": None},
+                                    {**base, "cls_accuracy": 1.0, "cls_auc": 0.75}])
+    assert row["cls_accuracy"] == 0.75 and "cls_accuracy_std" in row
+    assert row["cls_auc"] == 0.75 and "cls_auc_std" not in row  # one defined value: no spread
+    none = summarise_row(TABLE7[3], [{**base, "cls_accuracy": 1.0, "cls_auc": None}])
+    assert none["cls_auc"] is None
+    assert "| - |" in ablation_markdown({"folds": 1, "profile": "quick", "hardware": "cpu", "seed": 0, "rows": [none],
+                                          "classify": {"data": "x", "n_test_slices": 2}})
