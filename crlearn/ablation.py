@@ -168,6 +168,7 @@ def summarise_row(row: AblationRow, runs: Sequence[dict[str, float]]) -> dict[st
         entry[metric] = float(vals.mean()) if len(vals) else None
         if len(vals) > 1:
             entry[f"{metric}_std"] = float(vals.std(ddof=1))
+    entry["dice_mean"] = entry["dice"]  # the name results/ and the GPU issue use for the mean over folds
     entry["folds"] = list(runs)
     return entry
 
@@ -194,3 +195,29 @@ def ablation_markdown(result: dict[str, Any]) -> str:
               "boundary_f1")), *([f"{r['paper_accuracy']:.3f}", *(fmt(r, m) for m in CLS_METRICS)] if cls else []),
               f"{r['seconds']:.0f}"] for r in result["rows"]]
     return f"{head}\n\n{markdown_table(header + ['train s'], cells)}\n"
+
+
+def paired_differences(result: dict[str, Any], metric: str = "dice") -> list[dict[str, Any]]:
+    """Each row against the row before it, and the last row against the first, fold by fold: the folds share the
+    test slices, so the per-fold difference removes what the split does to both rows (a paired comparison).
+
+    Returns one entry per comparison: ``{"a", "b", "diffs": [b - a per fold], "mean", "std" (None for one fold),
+    "wins": folds where b > a, "folds"}``.
+    """
+    rows = result["rows"]
+    pairs = [(rows[i - 1], rows[i]) for i in range(1, len(rows))] + ([(rows[0], rows[-1])] if len(rows) > 2 else [])
+    out = []
+    for a, b in pairs:
+        diffs = np.array([fb[metric] - fa[metric] for fa, fb in zip(a["folds"], b["folds"])], dtype=float)
+        out.append({"a": a["label"], "b": b["label"], "diffs": diffs.tolist(), "mean": float(diffs.mean()),
+                    "std": float(diffs.std(ddof=1)) if len(diffs) > 1 else None, "wins": int((diffs > 0).sum()),
+                    "folds": len(diffs)})
+    return out
+
+
+def paired_markdown(result: dict[str, Any], metric: str = "dice") -> str:
+    """:func:`paired_differences` as a Markdown table."""
+    cells = [[f"{p['a']} → {p['b']}", ", ".join(f"{d:+.3f}" for d in p["diffs"]),
+              f"{p['mean']:+.3f}" + (f" ± {p['std']:.3f}" if p["std"] is not None else ""),
+              f"{p['wins']}/{p['folds']}"] for p in paired_differences(result, metric)]
+    return markdown_table(["comparison", f"{metric} difference per fold", "mean ± std", "folds improved"], cells)

@@ -1,20 +1,22 @@
 """Benchmarks (run them with ``crlearn bench model`` and ``crlearn bench ssim``).
 
-``bench_model`` times one training step (forward, backward, Adam) of each CR-Net variant (Table 7 rows) side by
-side with ``segmentation_models_pytorch.Unet("resnet34", encoder_weights=None)`` when that package is installed,
-and reports achieved GFLOP/s, so that "slower" can be told apart from "does more work". ``bench_ssim`` times
-forward + backward of crlearn's SSIM loss (§2.7, Eq. 1) against ``pytorch_msssim.ssim`` on the same inputs.
+``bench_model`` times one training step (forward, backward, fused Adam) of each CR-Net variant (Table 7 rows) side
+by side with ``segmentation_models_pytorch.Unet("resnet34", encoder_weights=None)`` when that package is installed,
+eagerly and by the faster routes of :mod:`crlearn.fastpath` (a CUDA graph, ``torch.compile``), and reports steps per
+second and achieved TFLOP/s beside the GPU's dense bf16 peak, so that "slower" can be told apart from "does more
+work" and both from the hardware's limit. ``bench_ssim`` times forward + backward of crlearn's SSIM loss (§2.7,
+Eq. 1) against ``pytorch_msssim.ssim`` on the same inputs.
 
-Both interleave the things they compare (A, B, C, A, B, C, ...) and report the median time, so that other load
-on the machine hits every contestant alike. ``segmentation_models_pytorch`` and ``pytorch_msssim`` are optional
-dependencies (``pip install 'crlearn[bench]'``). Measured results are in the README ("Speed") and ``results/``.
-``bench_gate`` times inference on a stack of slices with and without the classifier gate (:mod:`crlearn.gate`),
-interleaved too, and reports the fastest run of each (whole-stack runs are long, and load only slows them down).
+Both interleave the things they compare (A, B, C, A, B, C, ...: ``bench_model`` the modes of one model) and report
+the median time, so that other load on the machine hits every contestant alike. ``segmentation_models_pytorch`` and
+``pytorch_msssim`` are optional dependencies (``pip install 'crlearn[bench]'``). Measured results are in the README
+("Speed") and ``results/``. ``bench_gate`` times inference on a stack of slices with and without the classifier
+gate (:mod:`crlearn.gate`), interleaved too, and reports the fastest run of each (whole-stack runs are long, and load
+only slows them down).
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -24,18 +26,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .fastpath import STEP_MODES, TrainStep, graph_safe_autocast
 from .gate import check_images, gated_predict
 from .inference import predict
 from .losses import ssim_loss
 from .metrics import segmentation_scores
 from .model import VARIANTS, CRNet, CRNetConfig
 from .profiles import pick_device
-from .report import markdown_table
+from .report import markdown_table, peak_note, peak_tflops
 
-__all__ = ["SMP_LABEL", "bench_gate", "bench_model", "bench_ssim", "bench_table"]
+__all__ = ["SMP_LABEL", "bench_gate", "bench_model", "bench_ssim", "bench_table", "count_flops"]
 
 SMP_LABEL = "SMP U-Net (ResNet34)"
-TABLE_HEADER = ("model", "size", "params", "step (s)", "GFLOP / step", "GFLOP/s", "time / SMP")
+TABLE_HEADER = ("model", "mode", "size", "batch", "params", "step (ms)", "steps/s", "GFLOP / step", "TFLOP/s",
+                "of peak", "time / SMP", "x eager")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -67,6 +71,15 @@ def _interleaved_times(fns: Sequence[Callable[[], None]], device: torch.device, 
 # ----------------------------------------------------------------------------- model step
 
 
+def count_flops(fn: Callable[[], Any]) -> float:
+    """The FLOPs ``fn()`` performs, counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix
+    products, forward and backward, 2 per multiply-add (norms, activations and the optimiser are not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def _smp_unet() -> nn.Module | None:
     try:
         import segmentation_models_pytorch as smp
@@ -82,65 +95,95 @@ def _outputs(out: Any) -> list[Tensor]:
     return [out.coarse] if out.final is out.coarse else [out.coarse, out.final]
 
 
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                amp: bool, step: bool = True) -> None:
-    opt.zero_grad(set_to_none=True)
-    ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with ctx:
-        loss = sum(F.binary_cross_entropy_with_logits(o.float(), y) for o in _outputs(model(x)))
-    loss.backward()
-    if step:
-        opt.step()
+def _bench_loss(model: nn.Module, amp: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """BCE on every supervised output (the same loss for every model), under bf16 autocast when ``amp``."""
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        with graph_safe_autocast(x.device, torch.bfloat16 if amp else None):
+            return sum(F.binary_cross_entropy_with_logits(o.float(), y) for o in _outputs(model(x)))
+
+    return loss_fn
 
 
 class _Case:
-    """One model at one input size: its optimiser, a fixed batch and its FLOPs per step."""
+    """One model at one input and batch size: fused Adam (as ``fit``), a fixed batch, its FLOPs per step, and a
+    :class:`~crlearn.fastpath.TrainStep` per mode on that model and optimiser, compiled or captured before timing."""
 
-    def __init__(self, key: str, label: str, model: nn.Module, size: int, batch_size: int,
-                 device: torch.device, channels_last: bool):
+    def __init__(self, model: nn.Module, size: int, batch_size: int, device: torch.device, channels_last: bool,
+                 modes: Sequence[str]):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.key, self.label, self.amp = key, label, device.type == "cuda"
         self.model = model.to(device=device, memory_format=fmt).train()
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch_size, 1, size, size, generator=gen).to(device, memory_format=fmt)
         self.y = (torch.rand(batch_size, 1, size, size, generator=gen) > 0.9).float().to(device)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            _train_step(self.model, self.opt, self.x, self.y, self.amp, step=False)
-        self.flops = float(counter.get_total_flops())
+        loss_fn = _bench_loss(self.model, device.type == "cuda")
+        self.flops = count_flops(lambda: loss_fn(self.x, self.y).backward())  # one step: forward + backward
+        self.steps = {mode: TrainStep(loss_fn, self.opt, mode=mode, warmup=1) for mode in modes}
+        for mode, step in self.steps.items():
+            for _ in range(0 if mode == "eager" else 3):  # warm-up, then capture (graph) or compile and record
+                step(self.x, self.y)
 
-    def step(self) -> None:
-        _train_step(self.model, self.opt, self.x, self.y, self.amp)
+    def timer(self, mode: str) -> Callable[[], None]:
+        return lambda: self.steps[mode](self.x, self.y)
+
+    def row(self, mode: str, step_s: float, eager_s: float | None, smp_s: float | None) -> dict:
+        device = self.x.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        peak = peak_tflops(name) if device.type == "cuda" else None
+        tflops = self.flops / 1e12 / step_s
+        return {"mode": mode, "batch_size": len(self.x), "device": str(device), "device_name": name,
+                "params": sum(p.numel() for p in self.model.parameters()), "step_s": step_s,
+                "steps_per_s": 1.0 / step_s, "gflop_per_step": self.flops / 1e9, "gflops_per_s": 1e3 * tflops,
+                "tflops_per_s": tflops, "peak_tflops": peak, "fraction_of_peak": tflops / peak if peak else None,
+                "ratio_to_smp": step_s / smp_s if smp_s else None,
+                "speedup_vs_eager": eager_s / step_s if eager_s else None}
 
 
-def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, steps: int = 3,
+def _check_modes(modes: Sequence[str] | None, device: torch.device) -> tuple[str, ...]:
+    """The modes to time: by default eager and graph on CUDA, eager elsewhere; graph and compile need CUDA."""
+    if modes is None:
+        return ("eager", "graph") if device.type == "cuda" else ("eager",)
+    for m in modes:
+        if m not in STEP_MODES:
+            raise ValueError(f"modes must be among {list(STEP_MODES)}, got {m!r}")
+        if m != "eager" and device.type != "cuda":
+            raise ValueError(f"mode {m!r} needs a CUDA device, got {device}")
+    return tuple(modes)
+
+
+def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_sizes: Sequence[int] = (8,), steps: int = 3,
                 warmup: int = 1, device: str | torch.device | None = None,
-                variants: Sequence[str] = tuple(VARIANTS), width: float = 1.0,
-                channels_last: bool = True, verbose: bool = True) -> list[dict]:
-    """Time one training step (forward, backward, Adam) of each model at each input size.
+                variants: Sequence[str] = tuple(VARIANTS), width: float = 1.0, channels_last: bool = True,
+                modes: Sequence[str] | None = None, verbose: bool = True) -> list[dict]:
+    """Time one training step (forward, backward, fused Adam) of each model at each input and batch size.
 
     Args:
         sizes: square input sizes in pixels (multiples of 32).
-        batch_size: samples per step (one channel each).
-        steps: timed steps per model and size (median reported); at least 1.
+        batch_sizes: samples per step (one channel each), each timed.
+        steps: timed steps per model, size, batch size and mode (median reported); at least 1.
         warmup: untimed steps first (cuDNN autotuning, allocator); use 3 or more on a GPU.
         device: e.g. ``"cuda"``; default CUDA if available, else CPU.
         variants: CR-Net variants (keys of :data:`crlearn.model.VARIANTS`), each at ``width``.
         width: channel-width multiplier of the CR-Net variants (SMP's U-Net is always full width).
         channels_last: put every model, SMP's included, and its inputs in that memory layout (as
             :func:`crlearn.train.fit` trains); ``False``: the standard NCHW layout.
+        modes: routes of the step (:class:`crlearn.fastpath.TrainStep`): ``"eager"`` (the teaching loop's),
+            ``"graph"`` (the whole step replayed as one CUDA graph, as the full profile trains), ``"compile"``
+            (``torch.compile``, reduce-overhead). Default: eager and graph on CUDA, eager elsewhere.
         verbose: print the table row by row as it is measured.
 
-    On CUDA the models run under bf16 autocast with ``torch.backends.cudnn.benchmark`` on, as ``fit`` trains.
-    FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (convolutions
-    and matmuls; norms, activations and the optimiser are uncounted), so GFLOP/s compares how well each network
-    uses the hardware.
+    On CUDA the models run under bf16 autocast with ``torch.backends.cudnn.benchmark`` on, as ``fit`` trains. The
+    modes of one model are interleaved on the same model and optimiser; the models run one after another (each
+    captured graph holds a step's activations). FLOPs are counted once per model and size (:func:`count_flops`), so
+    TFLOP/s compares how well each network and route use the hardware; ``peak_tflops`` is the physical limit.
 
     Returns:
-        One dict per (model, size), SMP's first at each size: model, variant (``"smp"`` for SMP's U-Net), size,
-        batch_size, device, params, step_s, gflop_per_step, gflops_per_s, ratio_to_smp (step time / SMP's at the
-        same size; None without segmentation_models_pytorch).
+        One dict per (size, batch size, model, mode), SMP's first: model, variant (``"smp"`` for SMP's U-Net), mode,
+        size, batch_size, device, device_name, params, step_s, steps_per_s, gflop_per_step, gflops_per_s,
+        tflops_per_s, peak_tflops (the GPU's dense bf16 peak; None on a CPU or an unknown GPU), fraction_of_peak,
+        ratio_to_smp (step time / SMP's in the same mode; None without segmentation_models_pytorch) and
+        speedup_vs_eager (the model's eager step time / this mode's; None without an eager row).
     """
     for v in variants:
         if v not in VARIANTS:
@@ -148,8 +191,35 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = pick_device(device)
+    modes = _check_modes(modes, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fit() trains; every model alike
+    models = _bench_models(variants, width, verbose)
+    if verbose:
+        print(f"device: {device} ({peak_note(device)}), torch threads: {torch.get_num_threads()}, batch sizes: "
+              f"{list(batch_sizes)}, modes: {list(modes)}, channels_last: {channels_last}")
+        print(bench_table([]), flush=True)
+    rows = []
+    for size in sizes:
+        for batch_size in batch_sizes:
+            smp_s: dict[str, float] = {}
+            for key, (label, model) in models.items():
+                case = _Case(model, size, batch_size, device, channels_last, modes)
+                times = dict(zip(modes, _interleaved_times([case.timer(m) for m in modes], device, steps, warmup)))
+                smp_s = times if key == "smp" else smp_s
+                for mode, step_s in times.items():
+                    rows.append({"model": label, "variant": key, "size": size,
+                                 **case.row(mode, step_s, times.get("eager"), smp_s.get(mode))})
+                    if verbose:
+                        print(bench_table(rows[-1:]).splitlines()[-1], flush=True)
+                del case  # free the optimiser state, the batch and the captured graphs before the next
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def _bench_models(variants: Sequence[str], width: float, verbose: bool) -> dict[str, tuple[str, nn.Module]]:
+    """SMP's U-Net (when installed) and each CR-Net variant at ``width``: key -> (label, model)."""
     models: dict[str, tuple[str, nn.Module]] = {}
     smp_model = _smp_unet()
     if smp_model is None:
@@ -159,36 +229,17 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_size: int = 8, ste
         models["smp"] = (SMP_LABEL, smp_model)
     for v in variants:
         models[v] = (f"CR-Net {VARIANTS[v]}", CRNet(CRNetConfig.full(width=width, variant=v)))
-    if verbose:
-        print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch size: {batch_size}, "
-              f"channels_last: {channels_last}")
-        print(bench_table([]), flush=True)
-
-    rows = []
-    for size in sizes:
-        cases = [_Case(key, label, model, size, batch_size, device, channels_last)
-                 for key, (label, model) in models.items()]
-        medians = _interleaved_times([c.step for c in cases], device, steps, warmup)
-        smp_time = medians[0] if "smp" in models else None
-        for case, step_s in zip(cases, medians):
-            row = {
-                "model": case.label, "variant": case.key, "size": size, "batch_size": batch_size,
-                "device": str(device), "params": sum(p.numel() for p in case.model.parameters()),
-                "step_s": step_s, "gflop_per_step": case.flops / 1e9,
-                "gflops_per_s": case.flops / 1e9 / step_s,
-                "ratio_to_smp": step_s / smp_time if smp_time else None,
-            }
-            rows.append(row)
-            if verbose:
-                print(bench_table([row]).splitlines()[-1], flush=True)
-        del cases  # free optimiser state and batches before the next size
-    return rows
+    return models
 
 
 def _table_cells(r: dict) -> list[str]:
-    ratio = "-" if r["ratio_to_smp"] is None else f"{r['ratio_to_smp']:.2f}"
-    return [r["model"], str(r["size"]), f"{r['params'] / 1e6:.1f} M", f"{r['step_s']:.3f}",
-            f"{r['gflop_per_step']:.1f}", f"{r['gflops_per_s']:.1f}", ratio]
+    def opt(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return [r["model"], r["mode"], str(r["size"]), str(r["batch_size"]), f"{r['params'] / 1e6:.1f} M",
+            f"{1e3 * r['step_s']:.1f}", f"{r['steps_per_s']:.1f}", f"{r['gflop_per_step']:.1f}",
+            f"{r['tflops_per_s']:.3g}", opt(r["fraction_of_peak"], ".1%"), opt(r["ratio_to_smp"], ".2f"),
+            opt(r["speedup_vs_eager"], ".2f")]
 
 
 def bench_table(rows: Sequence[dict]) -> str:

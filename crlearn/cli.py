@@ -205,14 +205,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from . import bench
+    from .checkpoint import atomic_write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "model":
-        rows = bench.bench_model(sizes=tuple(args.sizes), batch_size=args.batch_size, steps=args.steps,
+        rows = bench.bench_model(sizes=tuple(args.sizes), batch_sizes=tuple(args.batch_sizes), steps=args.steps,
                                  warmup=args.warmup, device=args.device, variants=tuple(args.variants),
-                                 width=args.width, verbose=False, channels_last=args.channels_last)
-        print(bench.bench_table(rows))
+                                 width=args.width, verbose=True, channels_last=args.channels_last,
+                                 modes=tuple(args.modes) if args.modes else None)  # prints the table as it goes
+        if args.json:
+            atomic_write_json(Path(args.json), rows)
     else:
         bench.bench_ssim(batch_size=args.batch_size, size=args.size, repeats=args.steps, warmup=args.warmup,
                          device=args.device)
@@ -338,16 +341,21 @@ def _bench_parser(sub: Any) -> None:
 
     b = sub.add_parser("bench", help="benchmarks beside the peer: model step vs SMP U-Net, SSIM vs pytorch_msssim")
     kinds = b.add_subparsers(dest="what", required=True)
-    m = kinds.add_parser("model", help="training-step time and GFLOP/s of CR-Net's variants and SMP's U-Net")
+    m = kinds.add_parser("model", help="training-step time and TFLOP/s of CR-Net's variants and SMP's U-Net")
     m.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="input sides in pixels")
     m.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="Table 7 rows")
     m.add_argument("--width", type=float, default=1.0, help="CR-Net channel multiplier (1.0: the paper's)")
     m.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="memory layout of models and inputs (default: channels_last, as training uses)")
+    m.add_argument("--batch-sizes", "--batch-size", dest="batch_sizes", type=int, nargs="+", default=[8],
+                   help="samples per step, each timed (default 8)")
+    m.add_argument("--modes", nargs="+", choices=["eager", "graph", "compile"], default=None,
+                   help="routes of the step (crlearn.fastpath); default: eager and graph on CUDA, else eager")
+    m.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s = kinds.add_parser("ssim", help="SSIM loss forward + backward: crlearn vs pytorch_msssim")
     s.add_argument("--size", type=int, default=512, help="input side in pixels")
+    s.add_argument("--batch-size", type=int, default=8)
     for sp in (m, s):
-        sp.add_argument("--batch-size", type=int, default=8)
         sp.add_argument("--steps", type=int, default=3, help="timed repetitions (the median is reported)")
         sp.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (use 3 or more on a GPU)")
         sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

@@ -3,7 +3,8 @@
 Huang et al. 2022, §3.1: Adam, batch 8, up to 200 epochs, early stopping; the hybrid loss on the coarse and the
 final output (deep supervision, §2.7). :func:`fit` reads top to bottom like nanoGPT's loop; every other function
 here is one step of it. Beyond the paper (this project's choices, see the README): a one-cycle learning-rate
-schedule and a weight EMA for the short quick profile; bf16 autocast and channels_last on CUDA.
+schedule and a weight EMA for the short quick profile; bf16 autocast and channels_last on CUDA; with
+``TrainConfig.fast`` (the full profile) the same steps by a faster route, :mod:`crlearn.fastpath`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import perf
+from . import fastpath, perf
 from .checkpoint import atomic_write_json, cpu_state, load_checkpoint, save_checkpoint
 from .losses import deep_supervision_loss
 from .metrics import confusion_counts, ratios_from_counts
@@ -191,7 +192,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     (on the CPU with the same numbers as an uninterrupted run). With ``config.ema`` the averaged model
     (:class:`WeightEMA`) is the one validated, checkpointed and returned: with batch 8 on a small set the raw
     model's BN statistics are noisy. At the end ``model`` holds the best weights. On CUDA it turns on
-    ``torch.backends.cudnn.benchmark`` (process-wide; every batch has the same size).
+    ``torch.backends.cudnn.benchmark`` (process-wide; every batch has the same size). ``config.fast`` other than
+    ``"off"`` trains the same batches through :mod:`crlearn.fastpath` (:class:`~crlearn.fastpath.DeviceBatches` and
+    :class:`~crlearn.fastpath.FastEpoch` in place of :func:`make_loader` and :func:`train_one_epoch`).
     """
     device, cfg = pick_device(device), config
     seed_everything(cfg.seed)
@@ -204,7 +207,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time and keep its fastest kernels
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    train_loader = make_loader(train_set, cfg.batch_size, True, device, cfg.seed)
+    fast = cfg.fast != "off"  # the same batches and steps by a faster route: data on the device, a CUDA graph
+    train_loader = (fastpath.DeviceBatches if fast else make_loader)(train_set, cfg.batch_size, True, device, cfg.seed)
+    train_epoch = fastpath.FastEpoch() if fast else train_one_epoch
     val_loader = make_loader(val_set, cfg.batch_size, False, device)
     sched = make_scheduler(opt, cfg, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device, cfg.amp) == torch.float16)
@@ -218,8 +223,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     for epoch in epochs:
         train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # batch order depends on (seed, epoch) only
         t_epoch = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, opt, sched, scaler, ema, cfg, device, f"epoch {epoch + 1}",
-                                     progress)
+        train_loss = train_epoch(model, train_loader, opt, sched, scaler, ema, cfg, device, f"epoch {epoch + 1}",
+                                 progress)
         val_loss, val_dice = validate(judged, val_loader, cfg, device)
         for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, val_loss, val_dice, opt.param_groups[0]["lr"],
                                              time.perf_counter() - t_epoch)):

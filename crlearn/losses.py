@@ -65,10 +65,11 @@ def _no_autocast(t: Tensor):
 
 
 def _gaussian_1d(window_size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Normalised 1-D Gaussian of length ``window_size`` centred on the middle tap."""
-    coords = torch.arange(window_size, dtype=torch.float64) - window_size // 2
+    """Normalised 1-D Gaussian of length ``window_size`` centred on the middle tap, made on ``device`` (a copy from
+    the host would wait for the GPU at every call, and a CUDA graph cannot record one)."""
+    coords = torch.arange(window_size, dtype=torch.float64, device=device) - window_size // 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return (g / g.sum()).to(device=device, dtype=dtype)
+    return (g / g.sum()).to(dtype=dtype)
 
 
 def _gaussian_filter(stack: Tensor, window_size: int, sigma: float) -> Tensor:

@@ -11,7 +11,8 @@ masks ``[B, C, H, W]`` (one channel per class, each a yes/no mask):
 Two ways to summarise a set of slices:
 
 - **pooled**: add TP, FP, FN over all slices, then take the ratios once. Large
-  lesions weigh more; this is what the paper's tables report.
+  lesions weigh more. This project reports pooled numbers; the paper does not say how it
+  averaged (the metrics notebook, section 4, shows when the two differ).
 - **per slice**: take the ratios on each slice, then average. Every slice weighs
   the same, including slices without lesions.
 

@@ -1,4 +1,4 @@
-"""Speed workarounds for CPU training, kept apart from the teaching code.
+"""Speed workarounds for CPU training, kept apart from the teaching code (the GPU's are in :mod:`crlearn.fastpath`).
 
 Neither changes what is computed (only how fast, and the last bits of rounding); the model classes do not know
 about them. The engine applies both (:func:`apply_to_model` in :func:`crlearn.engine.fit` and

@@ -1,10 +1,11 @@
-"""How results are shown and kept: the teaching disclaimer, where a number was measured, markdown tables, and
-figures written as PNG (atomically, see :mod:`crlearn.checkpoint`)."""
+"""How results are shown and kept: the teaching disclaimer, where a number was measured (and that GPU's peak),
+markdown tables, and figures written as PNG (atomically, see :mod:`crlearn.checkpoint`)."""
 
 from __future__ import annotations
 
 import io
 import platform
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,33 @@ def hardware() -> str:
     if torch.cuda.is_available():
         return f"CUDA GPU: {torch.cuda.get_device_name(0)}"
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets, which print twice these "with
+# sparsity": H100 SXM and H200 989, H100 NVL and H200 NVL 835, H100 PCIe 756, A100 312, L4 121; the T4 has no
+# bf16 (its fp16 peak, 65).
+# Matched as whole words in torch.cuda.get_device_name(), first match first ("NVIDIA H100 80GB HBM3" is the SXM).
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+    ("A100", 312.0), ("L4", 121.0), ("T4", 65.0),
+)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak (:data:`PEAK_TFLOPS`) of the GPU that ``torch.cuda.get_device_name()`` names, or None."""
+    for name, peak in PEAK_TFLOPS:
+        if re.search(rf"\b{re.escape(name)}\b", device_name, flags=re.IGNORECASE):
+            return peak
+    return None
+
+
+def peak_note(device: torch.device) -> str:
+    """The device's name and dense bf16 peak: the physical limit that achieved TFLOP/s compare with."""
+    if device.type != "cuda":
+        return "CPU, peak unknown"
+    name = torch.cuda.get_device_name(device)
+    peak = peak_tflops(name)
+    return f"{name}, dense bf16 peak " + (f"{peak:.0f} TFLOP/s (NVIDIA datasheet)" if peak else "unknown")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

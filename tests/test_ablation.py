@@ -48,3 +48,18 @@ def test_summarise_row_leaves_an_undefined_auc_out_of_its_mean():
     assert none["cls_auc"] is None
     assert "| - |" in ablation_markdown({"folds": 1, "profile": "quick", "hardware": "cpu", "seed": 0, "rows": [none],
                                           "classify": {"data": "x", "n_test_slices": 2}})
+
+
+def test_paired_differences_hand_computed():
+    from crlearn.ablation import paired_differences, paired_markdown
+
+    def row(label, dices):
+        return {"label": label, "folds": [{"dice": d} for d in dices]}
+
+    result = {"rows": [row("u", [0.5, 0.6, 0.7]), row("a", [0.6, 0.5, 0.7]), row("h", [0.8, 0.7, 0.9])]}
+    pairs = paired_differences(result)
+    assert [(p["a"], p["b"]) for p in pairs] == [("u", "a"), ("a", "h"), ("u", "h")]
+    assert pairs[0]["diffs"] == pytest.approx([0.1, -0.1, 0.0]) and pairs[0]["wins"] == 1
+    assert pairs[0]["mean"] == pytest.approx(0.0) and pairs[0]["std"] == pytest.approx(0.1)
+    assert pairs[2]["diffs"] == pytest.approx([0.3, 0.1, 0.2]) and pairs[2]["wins"] == 3
+    assert "u → h" in paired_markdown(result) and "+0.200 ± 0.100" in paired_markdown(result)

@@ -141,12 +141,14 @@ def test_cli_bench_model_passes_every_flag(capsys, monkeypatch):
 
     monkeypatch.setattr(bench, "bench_model", spy)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append({"threads": n}))
-    assert main(["bench", "model", "--sizes", "64", "96", "--batch-size", "1", "--steps", "2", "--warmup", "0",
+    assert main(["bench", "model", "--sizes", "64", "96", "--batch-sizes", "1", "2", "--steps", "2", "--warmup", "0",
                  "--width", "0.25", "--no-channels-last", "--variants", "unet", "--device", "cpu",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--modes", "eager"]) == 0
     assert calls[0] == {"threads": 1}
-    assert calls[1] == dict(sizes=(64, 96), batch_size=1, steps=2, warmup=0, device="cpu", variants=("unet",),
-                            width=0.25, verbose=False, channels_last=False)
+    assert calls[1] == dict(sizes=(64, 96), batch_sizes=(1, 2), steps=2, warmup=0, device="cpu", variants=("unet",),
+                            width=0.25, verbose=True, channels_last=False, modes=("eager",))
+    assert main(["bench", "model", "--batch-size", "4", "--device", "cpu"]) == 0  # the old flag still works
+    assert calls[2]["batch_sizes"] == (4,) and calls[2]["modes"] is None
 
 
 def test_cli_bench_ssim_passes_every_flag(monkeypatch):

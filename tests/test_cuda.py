@@ -1,4 +1,5 @@
-"""The CUDA path (autocast, channels_last, pinned memory, loader workers, cuDNN autotuning).
+"""The CUDA path (autocast, channels_last, pinned memory, loader workers, cuDNN autotuning, crlearn.fastpath's
+device-resident batches, whole-step CUDA graph and torch.compile route).
 
 Skipped where no GPU is present (CI); run on a GPU machine with ``pytest tests/test_cuda.py``.
 """
@@ -7,16 +8,16 @@ import pytest
 import torch
 from conftest import SAMPLE, TINY
 
+from crlearn import fastpath
 from crlearn.bench import bench_model
 from crlearn.data import SegmentationDataset
 from crlearn.engine import fit, make_loader
 from crlearn.inference import evaluate, predict_logits
 from crlearn.model import CRNet, CRNetConfig
-from crlearn.profiles import TrainConfig, autocast_dtype
+from crlearn.profiles import TrainConfig, autocast_dtype, to_device
 from crlearn.splits import split_by_group
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,87 @@ def test_cuda_prediction_matches_cpu(sets):
     assert (gpu - cpu).abs().max() < 0.05
 
 
-def test_bench_runs_on_cuda():
-    rows = bench_model(sizes=(64,), steps=1, device="cuda", width=0.125, verbose=False)
-    assert {r["device"] for r in rows} == {"cuda"}
-    assert all(r["step_s"] > 0 and r["gflop_per_step"] > 0 for r in rows)
+def test_bench_runs_on_cuda_eager_and_graph():
+    rows = bench_model(sizes=(64,), batch_sizes=(2, 4), steps=1, device="cuda", width=0.125, verbose=False)
+    assert {r["device"] for r in rows} == {"cuda"} and {r["mode"] for r in rows} == {"eager", "graph"}
+    assert {r["batch_size"] for r in rows} == {2, 4}
+    assert all(r["step_s"] > 0 and r["gflop_per_step"] > 0 and r["tflops_per_s"] > 0 for r in rows)
+    assert all(r["speedup_vs_eager"] > 0 for r in rows)
+
+
+def _twin_steps(mode, size=128, n=3, **kw):
+    """Losses of ``n`` steps on the same random batches: eager on one copy of a tiny CR-Net, ``mode`` on another."""
+    losses = {}
+    for name in ("eager", mode):
+        torch.manual_seed(0)
+        model = CRNet(CRNetConfig(num_classes=1, **TINY)).cuda().to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        step = fastpath.TrainStep(fastpath.segmentation_loss(model, TrainConfig(size=size), torch.device("cuda")),
+                                  opt, mode=name, **kw)
+        gen = torch.Generator().manual_seed(1)
+        batches = [(torch.rand(4, 1, size, size, generator=gen), (torch.rand(4, 1, size, size, generator=gen) > 0.8))
+                   for _ in range(n)]
+        losses[name] = [float(step(to_device(x, torch.device("cuda")), to_device(y.float(), torch.device("cuda"))))
+                        for x, y in batches]
+        if name == "graph":
+            assert step.graph is not None  # captured after one warm-up step
+    return losses["eager"], losses[mode]
+
+
+def test_graph_step_trains_as_the_eager_step_within_bf16_tolerance():
+    eager, graph = _twin_steps("graph", warmup=1)  # step 1 eager (warm-up), step 2 captured and replayed, step 3
+    assert all(torch.isfinite(torch.tensor(graph)))
+    assert graph == pytest.approx(eager, rel=2e-2)
+
+
+def test_compile_step_runs_and_trains_as_the_eager_step():
+    eager, compiled = _twin_steps("compile", n=2)
+    assert all(torch.isfinite(torch.tensor(compiled)))
+    assert compiled == pytest.approx(eager, rel=2e-2)
+
+
+def test_device_batches_on_cuda_are_the_loaders_batches(sets):
+    ours = fastpath.DeviceBatches(sets[0], 8, True, "cuda", seed=2)
+    theirs = make_loader(sets[0], 8, True, torch.device("cpu"), seed=2)
+    for (x, y), (x_ref, y_ref) in zip(ours, theirs):
+        assert x.is_cuda and torch.equal(x.cpu(), x_ref) and torch.equal(y.cpu(), y_ref)
+
+
+def test_fit_fast_graph_captures_once_and_matches_the_teaching_loop(sets, monkeypatch):
+    train, val, _ = sets
+    records = []
+    original = fastpath.TrainStep._record
+    monkeypatch.setattr(fastpath.TrainStep, "_record", lambda self, x, y: (records.append(1), original(self, x, y)))
+    histories = {}
+    for fast in ("off", "graph"):
+        torch.manual_seed(0)
+        model = CRNet(CRNetConfig(num_classes=1, **TINY))
+        cfg = TrainConfig(size=64, epochs=3, batch_size=8, lr=3e-3, fast=fast)
+        histories[fast] = fit(model, train, val, cfg, ["infection"], device="cuda", progress=False)
+    assert records == [1]  # one capture for the whole run
+    off, graph = histories["off"], histories["graph"]
+    assert all(torch.isfinite(torch.tensor(graph[k])).all() for k in ("train_loss", "val_loss", "val_dice"))
+    assert graph["train_loss"][0] == pytest.approx(off["train_loss"][0], rel=5e-2)  # same batches, bf16 rounding
+    assert graph["train_loss"][-1] < graph["train_loss"][0]
+
+
+def test_fast_epoch_takes_no_host_sync_per_step(sets):
+    train = sets[0]
+    cuda, cfg = torch.device("cuda"), TrainConfig(size=64, batch_size=8, lr=1e-3, fast="graph")
+    torch.manual_seed(0)
+    model = CRNet(CRNetConfig(num_classes=1, **TINY)).to(cuda, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batches, epoch = fastpath.DeviceBatches(train, 8, True, cuda), fastpath.FastEpoch()
+    epoch(model, batches, opt, None, scaler, None, cfg, cuda, "", False)  # warm-up, capture, the smaller last batch
+    assert epoch.mode == "graph" and epoch.step.graph is not None
+    gathered = list(batches)  # the epoch's order copied over (one copy per epoch)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call raises
+    try:
+        total = torch.zeros((), dtype=torch.float64, device=cuda)
+        for x, y in gathered:
+            total.add_(epoch.step(x, y).detach().double(), alpha=len(x))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(total)
