@@ -18,13 +18,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .ablation import paired_differences
 from .augment import AUGMENTATIONS
 from .blocks import SEBlock, effective_receptive_field
+from .classifier import occlusion_map
 from .burden import group_areas, percent
 from .data import SegmentationDataset, default_data_dir, scan_folder
 from .encoder import SEResNet34Encoder
 from .losses import iou_loss
+from .metrics import hd95, ratios_from_counts
 from .model import CRNet, CRNetConfig
+from .profiles import PROFILES
 from .refine import RefineModule
 from .severity import ct_score_band, lesion_ratio
 from .splits import split_by_group
@@ -214,11 +218,97 @@ def pixels_for_iou_loss(answer: Any) -> None:
     _expect(loss, 0.9, "with an empty mask the loss is A / (A + 1); solve for A", tol=1e-5)
 
 
-# ----------------------------------------------------------------------------- 08 lesion burden
+# ----------------------------------------------------------------------------- 06 metrics
+
+
+def per_slice_with_an_empty_slice(answer: Any) -> None:
+    """06.1: per-slice mean Dice of nine slices at Dice 0.9 and one lesion-free slice with one false-positive pixel."""
+    tp, fp, fn = (torch.tensor([9.0] * 9 + [a]) for a in (0.0, 1.0, 0.0))  # Dice 18 / 20 = 0.9 on the nine
+    fp[:9], fn[:9] = 1.0, 1.0
+    dice = ratios_from_counts(tp, fp, fn)["dice"]
+    _expect(answer, float(dice.mean()), "the empty slice with a false positive scores 0, not 1; then average the "
+            "ten slice scores", tol=1e-3)
+
+
+def hd95_of_a_shift(answer: Any) -> None:
+    """06.2: HD95 (pixels) of a 10 x 10 square against the same square shifted 3 pixels to the right."""
+    target = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    target[..., 10:20, 10:20] = True
+    pred = torch.roll(target, 3, dims=-1)
+    _expect(answer, float(hd95(pred, target).flatten()[0]), "every boundary pixel of one square lies within the "
+            "shift of the other's boundary; which distances are the largest?", tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- 07 training
+
+
+def one_cycle_steps(answer: Any) -> None:
+    """07.1: optimiser steps the quick profile's one-cycle schedule spans (seed-0 split, x5 views, batch 8)."""
+    cfg = PROFILES["quick"].train_config()
+    groups = [r.group for r in scan_folder(default_data_dir())]
+    samples = len(split_by_group(groups, (0.7, 0.1, 0.2), seed=cfg.seed)["train"]) * len(AUGMENTATIONS)
+    _expect(answer, cfg.epochs * math.ceil(samples / cfg.batch_size), "epochs times the batches of one epoch; "
+            "an epoch's last batch may be short but is still a step")
+
+
+def pooled_two_slices(answer: Any) -> None:
+    """07.2: pooled Dice of slice A (TP 900, FP 100, FN 100) and slice B (TP 0, FP 50, FN 150)."""
+    dice = ratios_from_counts(torch.tensor(900.0 + 0), torch.tensor(100.0 + 50), torch.tensor(100.0 + 150))["dice"]
+    _expect(answer, float(dice), "add the counts of both slices first, then take 2 TP / (2 TP + FP + FN) once",
+            tol=1e-3)
+
+
+# ----------------------------------------------------------------------------- 08 ablation
+
+
+def aspp_at_128(answer: Any) -> None:
+    """08.1: (side of the map the coarse ASPP sees at 128 px, taps of a rate-6 3x3 convolution inside it around
+    its centre pixel)."""
+    side, taps = _pair(answer, "(side, taps)")
+    with torch.device("meta"):  # shapes only, no memory
+        true_side = SEResNet34Encoder(in_channels=1, width=0.25)(torch.zeros(1, 1, 128, 128))[-1].shape[-1]
+    _expect(side, true_side, "the encoder halves the side five times")
+    _expect(taps, _taps_inside(6, true_side), "the taps sit at c - 6, c and c + 6 in each direction")
+
+
+def paired_mean_and_wins(answer: Any) -> None:
+    """08.2: (mean paired Dice difference b - a, folds where b wins) for a = 0.60, 0.70, 0.50; b = 0.62, 0.69, 0.56."""
+    mean, wins = _pair(answer, "(mean difference, folds improved)")
+    rows = [{"label": k, "folds": [{"dice": d} for d in v]} for k, v in
+            (("a", (0.60, 0.70, 0.50)), ("b", (0.62, 0.69, 0.56)))]
+    p = paired_differences({"rows": rows})[0]
+    _expect(mean, p["mean"], "subtract fold by fold, then average the three differences", tol=1e-3)
+    _expect(wins, p["wins"], "count the folds where b's Dice is higher than a's")
+
+
+# ----------------------------------------------------------------------------- 10 classifier
+
+
+def any_slice_false_alarm(answer: Any) -> None:
+    """10.1: P(a healthy 30-slice patient is called positive by the any-slice rule), 2 % false positives per slice,
+    independent slices."""
+    _expect(answer, 1 - (1 - 0.02) ** 30, "the patient is negative only if every one of the 30 slices is", tol=1e-3)
+
+
+def occlusion_forward_passes(answer: Any) -> None:
+    """10.2: occluded copies ``occlusion_map`` evaluates for a 128 x 128 slice, patch 16, stride 8."""
+    seen = []
+
+    class Count(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return torch.zeros(len(x), 2)
+
+    occlusion_map(Count(), torch.zeros(1, 128, 128), patch=16, stride=8)
+    _expect(answer, sum(seen) - 1, "positions 0, 8, ... up to 128 - 16 along each axis; one copy per position "
+            "(the unoccluded slice is not a copy)")
+
+
+# ----------------------------------------------------------------------------- 09 lesion burden
 
 
 def union_ratio_and_band(answer: Any) -> None:
-    """08.1: (infection ratio, illustrative score) of 3,000 GGO and 1,200 consolidation pixels, 200 shared, in a
+    """09.1: (infection ratio, illustrative score) of 3,000 GGO and 1,200 consolidation pixels, 200 shared, in a
     40,000-pixel lung field."""
     ratio, score = _pair(answer, "(ratio, score)")
     lung = torch.ones(200, 200, dtype=torch.bool)  # a 40,000-pixel lung field
@@ -231,7 +321,7 @@ def union_ratio_and_band(answer: Any) -> None:
 
 
 def pooled_patient_percent(answer: Any) -> None:
-    """08.2: a patient's infection ratio in percent, pooled over slices (1,000 / 10,000 and 300 / 30,000 px)."""
+    """09.2: a patient's infection ratio in percent, pooled over slices (1,000 / 10,000 and 300 / 30,000 px)."""
     _, lesion_px, lung_px = group_areas([1000, 300], [10_000, 30_000], ["p", "p"])["p"]
     _expect(answer, float(percent(lesion_px, lung_px)), "crlearn.burden adds up the patient's pixels over its "
             "slices before it divides; it does not average the slice ratios", tol=0.005)
@@ -250,8 +340,16 @@ EXERCISES: dict[str, Callable[[Any], None]] = {
     "04.2": refine_extra_parameters,
     "05.1": partial_lesion_iou,
     "05.2": pixels_for_iou_loss,
-    "08.1": union_ratio_and_band,
-    "08.2": pooled_patient_percent,
+    "06.1": per_slice_with_an_empty_slice,
+    "06.2": hd95_of_a_shift,
+    "07.1": one_cycle_steps,
+    "07.2": pooled_two_slices,
+    "08.1": aspp_at_128,
+    "08.2": paired_mean_and_wins,
+    "09.1": union_ratio_and_band,
+    "09.2": pooled_patient_percent,
+    "10.1": any_slice_false_alarm,
+    "10.2": occlusion_forward_passes,
 }
 """Exercise id ("NN.k": notebook NN, question k) -> checker, which raises ``AssertionError`` with a hint when the
-answer is wrong. The lead adds notebooks 06, 07 and 09's exercises here the same way: one short function each."""
+answer is wrong. One short function each."""
