@@ -19,12 +19,13 @@ from .arrays import to_numpy
 from .data import MERGED_CLASS
 from .report import DISCLAIMER, figure_png
 
-# One colour per lesion class (RGB in [0, 1]).
+# One colour per lesion class (RGB in [0, 1]), from Okabe & Ito's colour-blind-safe palette: no red/green pair.
 CLASS_COLORS: dict[str, tuple[float, float, float]] = {
-    "ggo": (1.0, 0.84, 0.0),  # yellow
-    "consolidation": (0.9, 0.1, 0.1),  # red
-    "effusion": (0.1, 0.5, 1.0),  # blue
-    MERGED_CLASS: (1.0, 0.35, 0.0),  # orange: the merged "infection" class
+    "ggo": (0.94, 0.89, 0.26),  # yellow #F0E442
+    "consolidation": (0.84, 0.37, 0.0),  # vermillion #D55E00
+    "effusion": (0.0, 0.45, 0.70),  # blue #0072B2
+    MERGED_CLASS: (0.90, 0.62, 0.0),  # orange #E69F00: the merged "infection" class
+    "lung": (0.34, 0.71, 0.91),  # sky blue #56B4E9
 }
 
 
@@ -80,12 +81,12 @@ def plot_history(history: dict[str, list[float]], title: str = "") -> Figure:
     """Training and validation loss, and validation Dice, per epoch."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ep = history["epoch"]
-    ax1.plot(ep, history["train_loss"], label="train")
-    ax1.plot(ep, history["val_loss"], label="validation")
+    ax1.plot(ep, history["train_loss"], label="train", color="#0072B2")
+    ax1.plot(ep, history["val_loss"], label="validation", color="#D55E00", ls="--")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    ax2.plot(ep, history["val_dice"], color="tab:green")
+    ax2.plot(ep, history["val_dice"], color="#009E73")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation Dice (pooled)")
     ax2.set_ylim(0, 1)
