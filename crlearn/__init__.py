@@ -9,7 +9,7 @@ For teaching only: nothing here is a medical device or gives a diagnosis.
 __version__ = "0.1.0"
 
 from . import losses, metrics  # noqa: E402
-from .data import SegmentationDataset  # noqa: E402
-from .model import CRNet, CRNetConfig, CRNetOutput  # noqa: E402
+from crlearn.data.folder import SegmentationDataset  # noqa: E402
+from crlearn.nn.model import CRNet, CRNetConfig, CRNetOutput  # noqa: E402
 
 __all__ = ["CRNet", "CRNetConfig", "CRNetOutput", "SegmentationDataset", "losses", "metrics", "__version__"]

@@ -2,7 +2,7 @@
 
 ``bench_model`` times one training step (forward, backward, fused Adam) of each CR-Net variant (Table 7 rows) side
 by side with ``segmentation_models_pytorch.Unet("resnet34", encoder_weights=None)`` when that package is installed,
-eagerly and by the faster routes of :mod:`crlearn.fastpath` (a CUDA graph, ``torch.compile``), and reports steps per
+eagerly and by the faster routes of :mod:`crlearn.training.fastpath` (a CUDA graph, ``torch.compile``), and reports steps per
 second and achieved TFLOP/s beside the GPU's dense bf16 peak, so that "slower" can be told apart from "does more
 work" and both from the hardware's limit. ``bench_ssim`` times forward + backward of crlearn's SSIM loss (§2.7,
 Eq. 1) against ``pytorch_msssim.ssim`` on the same inputs.
@@ -11,7 +11,7 @@ Both interleave the things they compare (A, B, C, A, B, C, ...: ``bench_model`` 
 the median time, so that other load on the machine hits every contestant alike. ``segmentation_models_pytorch`` and
 ``pytorch_msssim`` are optional dependencies (``pip install 'crlearn[bench]'``). Measured results are in the README
 ("Speed") and ``results/``. ``bench_gate`` times inference on a stack of slices with and without the classifier
-gate (:mod:`crlearn.gate`), interleaved too, and reports the fastest run of each (whole-stack runs are long, and load
+gate (:mod:`crlearn.tasks.gate`), interleaved too, and reports the fastest run of each (whole-stack runs are long, and load
 only slows them down).
 """
 
@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .fastpath import STEP_MODES, TrainStep, graph_safe_autocast
-from .gate import check_images, gated_predict
-from .inference import predict
-from .losses import ssim_loss
-from .metrics import segmentation_scores
-from .model import VARIANTS, CRNet, CRNetConfig
-from .profiles import pick_device
-from .report import markdown_table, peak_note, peak_tflops
+from crlearn.training.fastpath import STEP_MODES, TrainStep, graph_safe_autocast
+from crlearn.tasks.gate import check_images, gated_predict
+from crlearn.inference import predict
+from crlearn.losses import ssim_loss
+from crlearn.metrics import segmentation_scores
+from crlearn.nn.model import VARIANTS, CRNet, CRNetConfig
+from crlearn.training.device import pick_device
+from crlearn.report import markdown_table, peak_note, peak_tflops
 
 __all__ = ["SMP_LABEL", "bench_gate", "bench_model", "bench_ssim", "bench_table", "count_flops"]
 
@@ -107,7 +107,7 @@ def _bench_loss(model: nn.Module, amp: bool) -> Callable[[Tensor, Tensor], Tenso
 
 class _Case:
     """One model at one input and batch size: fused Adam (as ``fit``), a fixed batch, its FLOPs per step, and a
-    :class:`~crlearn.fastpath.TrainStep` per mode on that model and optimiser, compiled or captured before timing."""
+    :class:`~crlearn.training.fastpath.TrainStep` per mode on that model and optimiser, compiled or captured before timing."""
 
     def __init__(self, model: nn.Module, size: int, batch_size: int, device: torch.device, channels_last: bool,
                  modes: Sequence[str]):
@@ -164,11 +164,11 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_sizes: Sequence[in
         steps: timed steps per model, size, batch size and mode (median reported); at least 1.
         warmup: untimed steps first (cuDNN autotuning, allocator); use 3 or more on a GPU.
         device: e.g. ``"cuda"``; default CUDA if available, else CPU.
-        variants: CR-Net variants (keys of :data:`crlearn.model.VARIANTS`), each at ``width``.
+        variants: CR-Net variants (keys of :data:`crlearn.nn.model.VARIANTS`), each at ``width``.
         width: channel-width multiplier of the CR-Net variants (SMP's U-Net is always full width).
         channels_last: put every model, SMP's included, and its inputs in that memory layout (as
-            :func:`crlearn.train.fit` trains); ``False``: the standard NCHW layout.
-        modes: routes of the step (:class:`crlearn.fastpath.TrainStep`): ``"eager"`` (the teaching loop's),
+            :func:`crlearn.training.run.fit` trains); ``False``: the standard NCHW layout.
+        modes: routes of the step (:class:`crlearn.training.fastpath.TrainStep`): ``"eager"`` (the teaching loop's),
             ``"graph"`` (the whole step replayed as one CUDA graph, as the full profile trains), ``"compile"``
             (``torch.compile``, reduce-overhead). Default: eager and graph on CUDA, eager elsewhere.
         verbose: print the table row by row as it is measured.
@@ -338,7 +338,7 @@ def bench_gate(segmenter: nn.Module, classifier: nn.Module, images: Tensor, labe
                masks: Tensor | None = None, threshold: float = 0.5, classifier_size: int | None = None,
                verbose: bool = True) -> dict:
     """Inference time on one stack of slices, ungated (:func:`~crlearn.inference.predict`) against gated
-    (:func:`~crlearn.gate.gated_predict`): the two run interleaved, best of ``repeats`` after ``warmup`` runs.
+    (:func:`~crlearn.tasks.gate.gated_predict`): the two run interleaved, best of ``repeats`` after ``warmup`` runs.
 
     Args:
         segmenter, classifier, size, device, tta, threshold, classifier_size: as for ``gated_predict``.

@@ -18,20 +18,20 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .ablation import paired_differences
-from .augment import AUGMENTATIONS
-from .blocks import SEBlock, effective_receptive_field
-from .classifier import occlusion_map
-from .burden import group_areas, percent
-from .data import SegmentationDataset, default_data_dir, scan_folder
-from .encoder import SEResNet34Encoder
-from .losses import iou_loss
-from .metrics import hd95, ratios_from_counts
-from .model import CRNet, CRNetConfig
-from .profiles import PROFILES
-from .refine import RefineModule
-from .severity import ct_score_band, lesion_ratio
-from .splits import split_by_group
+from crlearn.tasks.ablation import paired_differences
+from crlearn.data.augment import AUGMENTATIONS
+from crlearn.nn.blocks import SEBlock, effective_receptive_field
+from crlearn.tasks.classifier import occlusion_map
+from crlearn.tasks.burden import group_areas, percent
+from crlearn.data.folder import SegmentationDataset, default_data_dir, scan_folder
+from crlearn.nn.encoder import SEResNet34Encoder
+from crlearn.losses import iou_loss
+from crlearn.metrics import hd95, ratios_from_counts
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.training.config import PROFILES
+from crlearn.nn.refine import RefineModule
+from crlearn.tasks.lung_field import ct_score_band, lesion_ratio
+from crlearn.data.splits import split_by_group
 
 
 def check(exercise_id: str, answer: Any) -> None:
@@ -327,7 +327,7 @@ def union_ratio_and_band(answer: Any) -> None:
 def pooled_patient_percent(answer: Any) -> None:
     """09.2: a patient's infection ratio in percent, pooled over slices (1,000 / 10,000 and 300 / 30,000 px)."""
     _, lesion_px, lung_px = group_areas([1000, 300], [10_000, 30_000], ["p", "p"])["p"]
-    _expect(answer, float(percent(lesion_px, lung_px)), "crlearn.burden adds up the patient's pixels over its "
+    _expect(answer, float(percent(lesion_px, lung_px)), "crlearn.tasks.burden adds up the patient's pixels over its "
             "slices before it divides; it does not average the slice ratios", tol=0.005)
 
 

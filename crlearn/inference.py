@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import perf
-from .augment import AUGMENTATIONS, apply_view
-from .data import MERGED_CLASS
-from .metrics import SegmentationMeter
-from .profiles import autocast, autocast_dtype, pick_device, to_device
+from crlearn.training import perf
+from crlearn.data.augment import AUGMENTATIONS, apply_view
+from crlearn.data.folder import MERGED_CLASS
+from crlearn.metrics import SegmentationMeter
+from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -29,7 +29,7 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 def prepare_model(model: nn.Module, device: str | torch.device | None = None
                   ) -> tuple[nn.Module, torch.device, torch.dtype | None]:
     """Put ``model`` on the device in channels_last layout and eval mode; returns it, the device and the autocast
-    dtype (``None`` on CPU). The CPU speed workaround of :mod:`crlearn.perf` is applied here."""
+    dtype (``None`` on CPU). The CPU speed workaround of :mod:`crlearn.training.perf` is applied here."""
     device = pick_device(device)
     model = model.to(device=device, memory_format=torch.channels_last).eval()
     perf.apply_to_model(model, device)
@@ -81,7 +81,7 @@ def evaluate(model: nn.Module, dataset: Any, size: int, device: str | torch.devi
              boundary_tolerance: int = 2, batch_size: int = 8, tta: bool = True) -> dict[str, Any]:
     """Per-class metrics at the dataset's own resolution (:class:`~crlearn.metrics.SegmentationMeter`).
 
-    ``dataset`` is a :class:`~crlearn.data.SegmentationDataset`, ideally at its original resolution
+    ``dataset`` is a :class:`~crlearn.data.folder.SegmentationDataset`, ideally at its original resolution
     (``size=None``). Returns pooled and per-slice Dice, IoU, pixel precision, pixel recall and boundary F1 for
     every class, plus the merged ``infection`` class (the union of all classes) when there are several classes and
     none of them is already called ``infection``.

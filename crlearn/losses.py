@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arrays import check_same_shape
+from crlearn.checks import check_same_shape
 
 __all__ = [
     "bce_loss",

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .arrays import as_bool_mask, check_same_shape
-from .report import markdown_table
+from crlearn.checks import as_bool_mask, check_same_shape
+from crlearn.report import markdown_table
 
 __all__ = [
     "binarize",

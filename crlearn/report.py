@@ -1,5 +1,5 @@
 """How results are shown and kept: the teaching disclaimer, where a number was measured (and that GPU's peak),
-markdown tables, and figures written as PNG (atomically, see :mod:`crlearn.checkpoint`)."""
+markdown tables, and figures written as PNG (atomically, see :mod:`crlearn.training.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,6 @@ def figure_png(fig: Any, dpi: int = 90) -> bytes:
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
     """Write a figure as a PNG file atomically (a crash never leaves half a picture) and close it."""
-    from .checkpoint import atomic_write_bytes
+    from crlearn.training.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, figure_png(fig, dpi))

@@ -15,9 +15,9 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .arrays import to_numpy
-from .data import MERGED_CLASS
-from .report import DISCLAIMER, figure_png
+from crlearn.checks import to_numpy
+from crlearn.data.folder import MERGED_CLASS
+from crlearn.report import DISCLAIMER, figure_png
 
 # One colour per lesion class (RGB in [0, 1]), from Okabe & Ito's colour-blind-safe palette: no red/green pair.
 CLASS_COLORS: dict[str, tuple[float, float, float]] = {
@@ -130,7 +130,7 @@ def _burden_points(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
 
 
 def plot_burden(result: dict[str, Any]) -> Figure:
-    """Lesion burden (:func:`crlearn.burden.burden`): predicted vs true % with the identity line, and the
+    """Lesion burden (:func:`crlearn.tasks.burden.burden`): predicted vs true % with the identity line, and the
     Bland-Altman plot (difference vs mean, with the per-group bias and limits of agreement); slices as blue
     circles, patient groups as vermillion squares."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -203,7 +203,7 @@ def slice_browser(dataset: Any, preds: Any | None = None):
 
 
 def plot_classifier(metrics: dict[str, Any], class_names: Sequence[str], title: str = "") -> Figure:
-    """The confusion matrix (counts, colour bar) and the ROC curve of :func:`crlearn.classifier.slice_metrics`."""
+    """The confusion matrix (counts, colour bar) and the ROC curve of :func:`crlearn.tasks.classifier.slice_metrics`."""
     cm = np.asarray(metrics["confusion_matrix"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
     im = ax1.imshow(cm, cmap="Blues", vmin=0)
@@ -230,7 +230,7 @@ def plot_classifier(metrics: dict[str, Any], class_names: Sequence[str], title: 
 
 
 def plot_patient_rules(sweep: dict[str, Any]) -> Figure:
-    """Sensitivity and specificity of each patient rule against the threshold (:func:`crlearn.classifier.
+    """Sensitivity and specificity of each patient rule against the threshold (:func:`crlearn.tasks.classifier.
     patient_rule_sweep`); any slice in solid lines, mean probability dashed."""
     fig, ax = plt.subplots(figsize=(7.2, 3.4))
     colors = {"sensitivity": "#0072B2", "specificity": "#D55E00"}
@@ -247,7 +247,7 @@ def plot_patient_rules(sweep: dict[str, Any]) -> Figure:
 
 
 def plot_occlusion(images: Sequence[Any], maps: Sequence[Any], titles: Sequence[str]) -> Figure:
-    """Each slice beside its occlusion map (:func:`crlearn.classifier.occlusion_map`), a diverging map centred on
+    """Each slice beside its occlusion map (:func:`crlearn.tasks.classifier.occlusion_map`), a diverging map centred on
     zero with its colour bar: orange = evidence for COVID-19, purple = against (colour-blind safe)."""
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(2.9 * n, 6.0), squeeze=False)

@@ -1,10 +1,10 @@
-"""The classical image-only lung field (crlearn.severity) against expert lung masks.
+"""The classical image-only lung field (crlearn.tasks.lung_field) against expert lung masks.
 
 Usage: python results/classical_lung_field.py DATA_DIR OUT_JSON
 
 For every slice of a folder whose labels declare ``lung`` and ``infection`` (data_sample/covid19_ct_lung_infection):
 Dice of the image-only lung field against the true lung field, and the lesion/lung ratio it gives (field united
-with the TRUE lesions, as crlearn.severity.burden_table does) against the true ratio, per slice and per patient.
+with the TRUE lesions, as crlearn.tasks.lung_field.burden_table does) against the true ratio, per slice and per patient.
 """
 
 import json
@@ -14,11 +14,11 @@ import time
 import numpy as np
 import torch
 
-from crlearn.burden import group_areas, percent, slice_areas
-from crlearn.data import SegmentationDataset
+from crlearn.tasks.burden import group_areas, percent, slice_areas
+from crlearn.data.folder import SegmentationDataset
 from crlearn.metrics import confusion_counts, ratios_from_counts
 from crlearn.report import hardware
-from crlearn.severity import include_lesions, lung_mask
+from crlearn.tasks.lung_field import include_lesions, lung_mask
 
 data, out = sys.argv[1], sys.argv[2]
 ds = SegmentationDataset(data, classes=["lung", "infection"])
@@ -47,7 +47,7 @@ result = {
                                  "max_abs": float(np.abs(err).max())},
     "ratio_error_pp_per_group": {"mae": float(np.abs(gerr).mean()), "bias": float(gerr.mean())},
     "per_group": per_group, "slices": rows,
-    "note": "image-only lung field of crlearn.severity, united with the true lesions; for teaching, not a diagnosis",
+    "note": "image-only lung field of crlearn.tasks.lung_field, united with the true lesions; for teaching, not a diagnosis",
 }
 with open(out, "w") as f:
     json.dump(result, f, indent=2)

@@ -6,8 +6,8 @@ encoder trained from scratch, each with the same pooling + linear head, split, s
 Quick profile on the CPU. Stage 1 (one segmenter, trained once on the MedSeg sample with the quick profile and
 seed 0, unless ``--encoder`` gives one) is shared by the frozen and fine-tuned rows of every fold: the
 segmentation data do not depend on the classification fold. Stage 2 runs
-:func:`crlearn.classifier_train.run_classify` on fold k of
-:func:`crlearn.classification.classification_folds` (five folds by pseudo-patient group, both classes in every
+:func:`crlearn.tasks.classifier_run.run_classify` on fold k of
+:func:`crlearn.data.slices.classification_folds` (five folds by pseudo-patient group, both classes in every
 part): each fold's test groups are held out from training and from early stopping, and no setting is chosen on
 them. The JSON is rewritten after every run, so an interrupted run keeps what it finished, and runs already in the
 file are not repeated. A Markdown table (mean +- sample std over folds, and the paired per-fold difference of the
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 import crlearn
-from crlearn.checkpoint import atomic_write_bytes, atomic_write_json
-from crlearn.classifier import MODES
-from crlearn.classifier_train import run_classify
+from crlearn.training.checkpoint import atomic_write_bytes, atomic_write_json
+from crlearn.tasks.classifier import MODES
+from crlearn.tasks.classifier_run import run_classify
 from crlearn.report import DISCLAIMER, hardware, markdown_table
-from crlearn.train import run
+from crlearn.training.run import run
 
 METRICS = {  # column: how to read it from a run's test metrics
     "slice AUC": lambda t: t["slice"]["auc"],

@@ -5,7 +5,7 @@
 Quick profile, seed 0, the task ``infection`` (MedSeg: the union of GGO, consolidation and effusion; the lung set:
 its declared infection class), test-time augmentation on. Every model is evaluated with
 :func:`crlearn.inference.evaluate` on the validation and the test split of BOTH sets, each split being the one
-``crlearn.train.run`` makes for that folder with seed 0 (``split_by_group(groups, seed=0)``), with the model's own
+``crlearn.training.run.run`` makes for that folder with seed 0 (``split_by_group(groups, seed=0)``), with the model's own
 intensity normalisation. Rows:
 
     a/b  trained on MedSeg / on the lung set, no normalisation
@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 import crlearn
-from crlearn.checkpoint import atomic_write_json
-from crlearn.data import NORMALIZATIONS, SegmentationDataset, normalize_intensity
+from crlearn.training.checkpoint import atomic_write_json
+from crlearn.data.folder import NORMALIZATIONS, SegmentationDataset, normalize_intensity
 from crlearn.inference import evaluate
-from crlearn.profiles import PROFILES
+from crlearn.training.config import PROFILES
 from crlearn.report import DISCLAIMER, hardware
-from crlearn.splits import split_by_group
-from crlearn.train import run
+from crlearn.data.splits import split_by_group
+from crlearn.training.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {"medseg": ROOT / "data_sample" / "medseg_covid100", "lung": ROOT / "data_sample" / "covid19_ct_lung_infection"}
@@ -88,7 +88,7 @@ def choose_normalization(rows: dict) -> str:
 
 
 def measure(row: str, rows: dict) -> dict:
-    """Train the row's model with ``crlearn.train.run`` and evaluate it on both sets' validation and test splits."""
+    """Train the row's model with ``crlearn.training.run.run`` and evaluate it on both sets' validation and test splits."""
     trained_on, normalize = ROWS[row]
     chosen_by = None
     if normalize is None:

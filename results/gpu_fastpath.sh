@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue #15 on one GPU, in one device run of at most 10 minutes: the CUDA tests (crlearn.fastpath included), the
+# Issue #15 on one GPU, in one device run of at most 10 minutes: the CUDA tests (crlearn.training.fastpath included), the
 # model-step benchmark (eager vs the CUDA-graph step, SMP's U-Net and the Table 7 variants, 256/512 px, batch 8/32,
 # TFLOP/s beside the GPU's dense bf16 peak), then Table 7 over five group folds with the full profile (512 px, the
 # graph step, early stopping), each row capped at $EPOCHS epochs.
@@ -60,12 +60,12 @@ if has tests; then
 fi
 if has bench; then
   step bench-model
-  run 150 python3 -m crlearn.cli bench model --sizes 256 512 --batch-sizes 8 32 --modes eager graph --steps 10 \
+  run 150 python3 -m crlearn.cli.main bench model --sizes 256 512 --batch-sizes 8 32 --modes eager graph --steps 10 \
     --warmup 3 --device cuda --json "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.md" | tee -a "$L"
 fi
 if has ablate; then
   step ablate
-  run 100000 python3 -m crlearn.cli ablate --profile full --folds 5 --epochs "$EPOCHS" --max-minutes "$MAX_MINUTES" \
+  run 100000 python3 -m crlearn.cli.main ablate --profile full --folds 5 --epochs "$EPOCHS" --max-minutes "$MAX_MINUTES" \
     --device cuda --quiet --out "$OUT/ablation_full_5fold_$GPU" 2>&1 | tee -a "$L"
 fi
 if has compile; then

@@ -20,12 +20,12 @@ step env
 step tests
 timeout 90 python3 -m pytest tests/test_cuda.py -q -o addopts="" -p no:cacheprovider 2>&1 | tail -15 | tee -a "$L"
 step bench-model
-timeout 100 python3 -m crlearn.cli bench model --sizes 128 256 512 --steps 10 --warmup 3 2>&1 | tee -a "$L"
+timeout 100 python3 -m crlearn.cli.main bench model --sizes 128 256 512 --steps 10 --warmup 3 2>&1 | tee -a "$L"
 step bench-ssim
-timeout 40 python3 -m crlearn.cli bench ssim --steps 20 2>&1 | tail -12 | tee -a "$L"
+timeout 40 python3 -m crlearn.cli.main bench ssim --steps 20 2>&1 | tail -12 | tee -a "$L"
 step nb06
 mkdir -p "$OUT/nb06"
 timeout 140 python3 results/run_notebook_as_script.py notebooks/06_train_full_model.ipynb "$OUT/nb06" "max_minutes=8=>max_minutes=1.0" 2>&1 | tee -a "$L"
 step ablate
-timeout 270 python3 -m crlearn.cli ablate --profile full --max-minutes 0.7 --quiet --out "$OUT/ablate" 2>&1 | tee -a "$L"
+timeout 270 python3 -m crlearn.cli.main ablate --profile full --max-minutes 0.7 --quiet --out "$OUT/ablate" 2>&1 | tee -a "$L"
 step done

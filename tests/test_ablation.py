@@ -4,7 +4,7 @@ epoch, tiny folders, no test-time augmentation: seconds."""
 import pytest
 from test_classification import write_folder
 
-from crlearn.ablation import TABLE7, ablation_markdown, run_ablation, summarise_row
+from crlearn.tasks.ablation import TABLE7, ablation_markdown, run_ablation, summarise_row
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +51,7 @@ def test_summarise_row_leaves_an_undefined_auc_out_of_its_mean():
 
 
 def test_paired_differences_hand_computed():
-    from crlearn.ablation import paired_differences, paired_markdown
+    from crlearn.tasks.ablation import paired_differences, paired_markdown
 
     def row(label, dices):
         return {"label": label, "folds": [{"dice": d} for d in dices]}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from crlearn.bench import SMP_LABEL, bench_model, bench_ssim, bench_table, count_flops
-from crlearn.model import CRNet, CRNetConfig
+from crlearn.nn.model import CRNet, CRNetConfig
 from crlearn.report import PEAK_TFLOPS, peak_note, peak_tflops
 
 SIZE, BATCH, WIDTH = 64, 2, 0.125

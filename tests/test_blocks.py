@@ -1,4 +1,4 @@
-"""Building blocks and the SE-ResNet-34 encoder (crlearn.blocks, crlearn.encoder)."""
+"""Building blocks and the SE-ResNet-34 encoder (crlearn.nn.blocks, crlearn.nn.encoder)."""
 
 import re
 
@@ -9,8 +9,8 @@ from torchvision.models import resnet34
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import SqueezeExcitation
 
-from crlearn.blocks import ASPP, ConvBNReLU, SEBasicBlock, SEBlock
-from crlearn.encoder import (
+from crlearn.nn.blocks import ASPP, ConvBNReLU, SEBasicBlock, SEBlock
+from crlearn.nn.encoder import (
     STAGE_BLOCKS,
     EncoderClassifier,
     SEResNet34Encoder,

@@ -67,13 +67,13 @@ def write_notebook(path: Path) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     cells = [
         # the setup notebook: slice_browser(ds) over three bundled slices
-        ("from crlearn.data import SegmentationDataset\n"
+        ("from crlearn.data.folder import SegmentationDataset\n"
          f"ds = SegmentationDataset({str(SAMPLE)!r}, indices=[0, 1, 2])"),
         notebook_cell("setup_and_data", "slice_browser("),
         # the ablation notebook: the variant toggle, on stand-in predictions (the target shifted by a different
         # amount per row) instead of four trained models
         ("import torch\n"
-         "from crlearn.ablation import TABLE7\n"
+         "from crlearn.tasks.ablation import TABLE7\n"
          "from crlearn.viz import figure_widget, plot_overlays\n"
          f"test_set = SegmentationDataset({str(SAMPLE)!r}, merge=True, indices=range(6))\n"
          "target = test_set.one_hot(test_set.labels).bool()\n"

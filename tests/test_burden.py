@@ -10,7 +10,7 @@ import torch
 from conftest import TINY
 from PIL import Image
 
-from crlearn.burden import (
+from crlearn.tasks.burden import (
     agreement,
     bland_altman,
     burden,
@@ -23,8 +23,8 @@ from crlearn.burden import (
     percent,
     slice_areas,
 )
-from crlearn.data import SegmentationDataset
-from crlearn.model import CRNet, CRNetConfig
+from crlearn.data.folder import SegmentationDataset
+from crlearn.nn.model import CRNet, CRNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,9 +187,9 @@ def test_burden_refuses_a_folder_without_patient_groups(tmp_path, small_data):
     import shutil
     import warnings
 
-    from crlearn.burden import burden
-    from crlearn.data import DataError, SegmentationDataset
-    from crlearn.model import CRNet, CRNetConfig
+    from crlearn.tasks.burden import burden
+    from crlearn.data.folder import DataError, SegmentationDataset
+    from crlearn.nn.model import CRNet, CRNetConfig
 
     shutil.copytree(small_data, tmp_path / "d")
     (tmp_path / "d" / "index.csv").unlink()

@@ -11,17 +11,17 @@ import torch
 from conftest import ROOT, TINY, write_rows
 from PIL import Image
 
-from crlearn.arrays import DataError
-from crlearn.augment import apply_view
-from crlearn.checkpoint import CheckpointError, OutputExistsError, save_checkpoint
-from crlearn.classification import (
+from crlearn.data.errors import DataError
+from crlearn.data.augment import apply_view
+from crlearn.training.checkpoint import CheckpointError, OutputExistsError, save_checkpoint
+from crlearn.data.slices import (
     LABELS,
     ClassificationDataset,
     classification_folds,
     classification_split,
     fit_square,
 )
-from crlearn.classifier import (
+from crlearn.tasks.classifier import (
     classifier_from_checkpoint,
     evaluate_classifier,
     load_classifier,
@@ -30,15 +30,15 @@ from crlearn.classifier import (
     scratch_classifier,
     slice_metrics,
 )
-from crlearn.classifier_train import (
+from crlearn.tasks.classifier_run import (
     ClassifyConfig,
     encode_features,
     fit_classifier,
     run_classify,
 )
-from crlearn.cli import main
-from crlearn.model import CRNet, CRNetConfig
-from crlearn.profiles import TrainConfig
+from crlearn.cli.main import main
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SARS = ROOT / "data_sample" / "sarscov2_ct"
@@ -268,7 +268,7 @@ def test_patient_rules_hand_computed():
 
 
 def test_patient_rule_sweep_hand_computed():
-    from crlearn.classifier import patient_rule_sweep
+    from crlearn.tasks.classifier import patient_rule_sweep
 
     y, probs, groups = [1, 1, 1, 0, 0, 0, 1, 1], [0.9, 0.2, 0.1, 0.6, 0.1, 0.2, 0.7, 0.8], list("aaabbbcc")
     sweep = patient_rule_sweep(y, probs, groups, thresholds=[0.5, 0.65, 0.95])
@@ -397,7 +397,7 @@ class RegionModel(torch.nn.Module):
 
 
 def test_occlusion_map_is_the_probability_drop_of_each_tile_and_zero_away_from_the_evidence():
-    from crlearn.classifier import occlusion_map
+    from crlearn.tasks.classifier import occlusion_map
 
     image = torch.rand(1, 16, 16)
     model = RegionModel()

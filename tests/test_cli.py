@@ -7,17 +7,17 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn.checkpoint import load_checkpoint, save_checkpoint
-from crlearn.cli import build_parser, main
-from crlearn.model import CRNet, CRNetConfig
-from crlearn.profiles import TrainConfig
+from crlearn.training.checkpoint import load_checkpoint, save_checkpoint
+from crlearn.cli.main import build_parser, main
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spy_run(monkeypatch) -> dict:
-    """Replace crlearn.train.run by a spy that records its arguments and stops the command."""
-    from crlearn import train
+    """Replace crlearn.training.run.run by a spy that records its arguments and stops the command."""
+    from crlearn.training import run as train
 
     seen = {}
 
@@ -108,7 +108,7 @@ def test_cli_ablate_two_folds_writes_table_json_and_chart(small_data, tmp_path, 
 
 
 def test_cli_train_is_the_library_run(small_data, tmp_path, monkeypatch):
-    """cmd_train builds no data set itself: it hands its arguments to crlearn.train.run."""
+    """cmd_train builds no data set itself: it hands its arguments to crlearn.training.run.run."""
     seen = spy_run(monkeypatch)
     with pytest.raises(SystemExit):
         main(["train", "--data", str(small_data), "--profile", "quick", "--epochs", "3", "--bce-only", "--no-tta",
@@ -214,14 +214,14 @@ def test_cli_evaluate_a_lung_and_infection_model(tmp_path, capsys):
 
 
 def test_cli_evaluate_and_predict_apply_the_checkpoints_normalisation(tmp_path, small_data, monkeypatch):
-    from crlearn import data as data_mod
-    from crlearn import gate
+    from crlearn.data import folder as data_mod
+    from crlearn.tasks import gate
 
     seen = []
     real = data_mod.normalize_intensity
     spy = lambda x, kind="none": seen.append(kind) or real(x, kind)  # noqa: E731
     monkeypatch.setattr(data_mod, "normalize_intensity", spy)
-    monkeypatch.setattr(gate, "normalize_intensity", spy)  # predict reads its files through crlearn.gate
+    monkeypatch.setattr(gate, "normalize_intensity", spy)  # predict reads its files through crlearn.tasks.gate
     model = CRNet(CRNetConfig(num_classes=1, **TINY))
     save_checkpoint(tmp_path / "n.pt", model, ["infection"], TrainConfig(size=64, normalize="equalize"))
     image = next((small_data / "images").iterdir())
@@ -246,7 +246,7 @@ def test_cli_train_takes_several_folders_and_a_normalisation(small_data, tmp_pat
 
 def _classifier_checkpoint(path, segmenter, p_covid):
     """A classifier checkpoint on ``segmenter``'s encoder whose head says ``p_covid`` for every slice."""
-    from crlearn.classifier import classifier_from_segmenter, save_classifier
+    from crlearn.tasks.classifier import classifier_from_segmenter, save_classifier
 
     clf = classifier_from_segmenter(segmenter, "frozen")
     with torch.no_grad():
@@ -292,8 +292,8 @@ def test_cli_predict_refuses_swapped_checkpoints_with_one_line_naming_the_file(t
 
 
 def test_cli_ablate_classify_defaults_to_the_bundled_labelled_set(tmp_path, monkeypatch):
-    from crlearn import ablation
-    from crlearn.classification import default_classification_dir
+    from crlearn.tasks import ablation
+    from crlearn.data.slices import default_classification_dir
 
     seen = []
 

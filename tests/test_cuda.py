@@ -1,4 +1,4 @@
-"""The CUDA path (autocast, channels_last, pinned memory, loader workers, cuDNN autotuning, crlearn.fastpath's
+"""The CUDA path (autocast, channels_last, pinned memory, loader workers, cuDNN autotuning, crlearn.training.fastpath's
 device-resident batches, whole-step CUDA graph and torch.compile route).
 
 Skipped where no GPU is present (CI); run on a GPU machine with ``pytest tests/test_cuda.py``.
@@ -8,14 +8,15 @@ import pytest
 import torch
 from conftest import SAMPLE, TINY
 
-from crlearn import fastpath
+from crlearn.training import fastpath
 from crlearn.bench import bench_model
-from crlearn.data import SegmentationDataset
-from crlearn.engine import fit, make_loader
+from crlearn.data.folder import SegmentationDataset
+from crlearn.training.engine import fit, make_loader
 from crlearn.inference import evaluate, predict_logits
-from crlearn.model import CRNet, CRNetConfig
-from crlearn.profiles import TrainConfig, autocast_dtype, to_device
-from crlearn.splits import split_by_group
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.training.config import TrainConfig
+from crlearn.training.device import autocast_dtype, to_device
+from crlearn.data.splits import split_by_group
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

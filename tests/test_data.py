@@ -13,8 +13,8 @@ import torch
 from conftest import SAMPLE
 from PIL import Image
 
-from crlearn.augment import AUGMENTATIONS, apply_view, augment_pair
-from crlearn.data import (
+from crlearn.data.augment import AUGMENTATIONS, apply_view, augment_pair
+from crlearn.data.folder import (
     MEDSEG_LABELS,
     NORMALIZATIONS,
     DataError,
@@ -24,8 +24,8 @@ from crlearn.data import (
     read_labels,
     resolve_classes,
 )
-from crlearn.profiles import TrainConfig
-from crlearn.splits import group_folds, split_by_group
+from crlearn.training.config import TrainConfig
+from crlearn.data.splits import group_folds, split_by_group
 
 INDEX_COLUMNS = {"ggo": "px_ggo", "consolidation": "px_consolidation", "effusion": "px_pleural_effusion"}
 

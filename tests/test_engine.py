@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn.checkpoint import (
+from crlearn.training.checkpoint import (
     CheckpointError,
     OutputExistsError,
     atomic_write_json,
@@ -15,11 +15,11 @@ from crlearn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from crlearn.data import SegmentationDataset
-from crlearn.engine import WeightEMA, fit, make_loader, validate
-from crlearn.model import CRNet, CRNetConfig
-from crlearn.profiles import TrainConfig, resolve_profile
-from crlearn.splits import split_by_group
+from crlearn.data.folder import SegmentationDataset
+from crlearn.training.engine import WeightEMA, fit, make_loader, validate
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.training.config import TrainConfig, resolve_profile
+from crlearn.data.splits import split_by_group
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,7 +73,7 @@ def test_validate_reports_the_loss_and_pooled_dice_of_the_final_output(small_dat
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(small_data):
-    _, h = tiny_run(small_data, epochs=8, lr=0.05, schedule="constant", patience=2)
+    _, h = tiny_run(small_data, epochs=8, lr=0.2, schedule="constant", patience=2)
     best, bad, expected = math.inf, 0, None  # the rule, replayed on the validation losses
     for epoch, loss in enumerate(h["val_loss"], 1):
         best, bad = (loss, 0) if loss < best else (best, bad + 1)

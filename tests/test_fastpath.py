@@ -1,4 +1,4 @@
-"""crlearn.fastpath on the CPU: the same batches and the same training as the teaching loop, without a read per step.
+"""crlearn.training.fastpath on the CPU: the same batches and the same training as the teaching loop, without a read per step.
 
 The CUDA-only parts (the CUDA graph, torch.compile) are covered by tests/test_cuda.py.
 """
@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn import fastpath
-from crlearn.data import SegmentationDataset
-from crlearn.engine import WeightEMA, fit, make_loader, make_scheduler, train_one_epoch
-from crlearn.model import CRNet, CRNetConfig
-from crlearn.profiles import PROFILES, TrainConfig
-from crlearn.splits import split_by_group
+from crlearn.training import fastpath
+from crlearn.data.folder import SegmentationDataset
+from crlearn.training.engine import WeightEMA, fit, make_loader, make_scheduler, train_one_epoch
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.training.config import PROFILES, TrainConfig
+from crlearn.data.splits import split_by_group
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")

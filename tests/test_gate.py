@@ -6,11 +6,11 @@ from conftest import TINY
 from torch import nn
 
 from crlearn.bench import bench_gate
-from crlearn.data import normalize_intensity
-from crlearn.encoder import EncoderClassifier
-from crlearn.gate import GatedPrediction, gated_predict
+from crlearn.data.folder import normalize_intensity
+from crlearn.nn.encoder import EncoderClassifier
+from crlearn.tasks.gate import GatedPrediction, gated_predict
 from crlearn.inference import predict
-from crlearn.model import CRNet, CRNetConfig
+from crlearn.nn.model import CRNet, CRNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
@@ -145,8 +145,8 @@ def test_predict_files_shows_the_classifier_each_slice_as_its_training_set_read_
     from conftest import write_rows
     from PIL import Image
 
-    from crlearn.classification import ClassificationDataset
-    from crlearn.gate import area_rows, predict_files
+    from crlearn.data.slices import ClassificationDataset
+    from crlearn.tasks.gate import area_rows, predict_files
 
     (tmp_path / "images").mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)

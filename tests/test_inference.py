@@ -4,11 +4,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from crlearn.augment import AUGMENTATIONS, apply_view
-from crlearn.data import SegmentationDataset
+from crlearn.data.augment import AUGMENTATIONS, apply_view
+from crlearn.data.folder import SegmentationDataset
 from crlearn.inference import evaluate, predict, predict_logits
 from crlearn.metrics import boundary_f1, segmentation_scores
-from crlearn.model import CRNet, CRNetConfig
+from crlearn.nn.model import CRNet, CRNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

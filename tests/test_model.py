@@ -1,12 +1,12 @@
-"""CR-Net: coarse module, refinement module, config and the whole network (crlearn.model)."""
+"""CR-Net: coarse module, refinement module, config and the whole network (crlearn.nn.model)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from crlearn.coarse import CoarseModule
-from crlearn.model import VARIANTS, CRNet, CRNetConfig, CRNetOutput
-from crlearn.refine import RefineModule
+from crlearn.nn.coarse import CoarseModule
+from crlearn.nn.model import VARIANTS, CRNet, CRNetConfig, CRNetOutput
+from crlearn.nn.refine import RefineModule
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

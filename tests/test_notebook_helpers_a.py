@@ -1,11 +1,11 @@
-"""Helpers the notebooks 00-03 use (crlearn.blocks receptive-field functions)."""
+"""Helpers the notebooks 00-03 use (crlearn.nn.blocks receptive-field functions)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crlearn.blocks import ASPP, ConvBNReLU, effective_receptive_field, receptive_field
+from crlearn.nn.blocks import ASPP, ConvBNReLU, effective_receptive_field, receptive_field
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

@@ -1,4 +1,4 @@
-"""The CPU speed workarounds in crlearn.perf: same numbers as plain PyTorch, only the route differs."""
+"""The CPU speed workarounds in crlearn.training.perf: same numbers as plain PyTorch, only the route differs."""
 
 import platform
 import sys
@@ -8,8 +8,8 @@ import torch
 from conftest import TINY
 from torch import nn
 
-from crlearn import perf
-from crlearn.model import CRNet, CRNetConfig
+from crlearn.training import perf
+from crlearn.nn.model import CRNet, CRNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

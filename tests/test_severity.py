@@ -7,8 +7,8 @@ from conftest import SAMPLE
 from PIL import Image
 from scipy import ndimage
 
-from crlearn.data import MEDSEG_LABELS, MERGED_CLASS, read_image
-from crlearn.severity import (
+from crlearn.data.folder import MEDSEG_LABELS, MERGED_CLASS, read_image
+from crlearn.tasks.lung_field import (
     CT_SCORE_BANDS,
     burden_table,
     closing,

@@ -1,11 +1,11 @@
-"""crlearn.train.run on several data folders: one model, each folder split by its own groups, metrics per folder."""
+"""crlearn.training.run.run on several data folders: one model, each folder split by its own groups, metrics per folder."""
 
 import pytest
 
-from crlearn.checkpoint import load_checkpoint
-from crlearn.data import DataError, SegmentationDataset
-from crlearn.splits import split_by_group
-from crlearn.train import data_folders, run
+from crlearn.training.checkpoint import load_checkpoint
+from crlearn.data.folder import DataError, SegmentationDataset
+from crlearn.data.splits import split_by_group
+from crlearn.training.run import data_folders, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = dict(profile="quick", epochs=1, size=64, device="cpu", progress=False, log=None)  # a few seconds

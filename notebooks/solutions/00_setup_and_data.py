@@ -6,10 +6,10 @@ check, so a wrong solution raises AssertionError.
 
 import torch
 
-from crlearn.augment import AUGMENTATIONS
-from crlearn.data import SegmentationDataset, default_data_dir
+from crlearn.data.augment import AUGMENTATIONS
+from crlearn.data.folder import SegmentationDataset, default_data_dir
 from crlearn.exercises import check
-from crlearn.splits import split_by_group
+from crlearn.data.splits import split_by_group
 
 ds = SegmentationDataset(default_data_dir())  # as in the notebook: 76 slices, labels 0..3
 split = split_by_group(ds.groups, (0.7, 0.1, 0.2), seed=0)

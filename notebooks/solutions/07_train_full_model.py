@@ -6,10 +6,10 @@ check, so a wrong solution raises AssertionError.
 
 import math
 
-from crlearn.data import default_data_dir, scan_folder
+from crlearn.data.folder import default_data_dir, scan_folder
 from crlearn.exercises import check
-from crlearn.profiles import PROFILES
-from crlearn.splits import split_by_group
+from crlearn.training.config import PROFILES
+from crlearn.data.splits import split_by_group
 
 # 07.1: 53 training slices x 5 views = 265 samples; batches of 8 give ceil(265 / 8) = 34 steps per epoch; 17 epochs.
 cfg = PROFILES["quick"].train_config()

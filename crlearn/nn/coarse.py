@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arrays import check_positive_int
-from .blocks import ASPP, ConvBNReLU
-from .encoder import SEResNet34Encoder, init_weights
+from crlearn.checks import check_positive_int
+from crlearn.nn.blocks import ASPP, ConvBNReLU
+from crlearn.nn.encoder import SEResNet34Encoder, init_weights
 
 
 def upsample_like(x: Tensor, ref: Tensor) -> Tensor:

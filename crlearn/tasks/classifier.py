@@ -1,7 +1,7 @@
 """The segmentation encoder as a COVID-19 slice classifier (Huang et al. 2022, §2.8, §3.5, Table 6): the model,
 its predictions, its metrics at slice and patient level, and its checkpoint.
 
-The classifier is :class:`~crlearn.encoder.EncoderClassifier`: the SE-ResNet-34 encoder of a trained CR-Net,
+The classifier is :class:`~crlearn.nn.encoder.EncoderClassifier`: the SE-ResNet-34 encoder of a trained CR-Net,
 global average pooling and one linear layer with two outputs (non-COVID, COVID). Three ways to get its encoder,
 the rows of Table 6:
 
@@ -9,7 +9,7 @@ the rows of Table 6:
 - ``finetune``: the trained segmentation encoder, trained further with the head.
 - ``scratch``: a fresh encoder of the same width, trained from random weights with the head.
 
-Training is in :mod:`crlearn.classifier_train`.
+Training is in :mod:`crlearn.tasks.classifier_run`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .arrays import DataError
-from .checkpoint import (
+from crlearn import __version__
+from crlearn.data.errors import DataError
+from crlearn.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     atomic_torch_save,
     cpu_state,
     load_checkpoint,
 )
-from .classification import group_labels
-from .encoder import EncoderClassifier, SEResNet34Encoder
-from .metrics import classification_metrics, patient_level
-from .model import CRNet, CRNetConfig
-from .inference import model_batches, prepare_model
-from .profiles import autocast
+from crlearn.data.slices import group_labels
+from crlearn.nn.encoder import EncoderClassifier, SEResNet34Encoder
+from crlearn.metrics import classification_metrics, patient_level
+from crlearn.nn.model import CRNet, CRNetConfig
+from crlearn.inference import model_batches, prepare_model
+from crlearn.training.device import autocast
 
 CLASSIFIER_FORMAT = "crlearn-classifier-v1"  # distinct from segmentation checkpoints (crlearn-checkpoint-v1)
 MODES = ("frozen", "finetune", "scratch")  # Table 6's rows (module docstring)
@@ -207,7 +207,7 @@ def patient_rule_sweep(y_true: Sequence[int], probs: Sequence[float], groups: Se
 
 def evaluate_classifier(model: nn.Module, dataset: Any, device: str | torch.device | None = None,
                         batch_size: int = 64, threshold: float = THRESHOLD) -> dict[str, Any]:
-    """Slice- and patient-level metrics of a classifier on a :class:`~crlearn.classification.ClassificationDataset`
+    """Slice- and patient-level metrics of a classifier on a :class:`~crlearn.data.slices.ClassificationDataset`
     (its un-augmented slices): ``{"slice": slice_metrics, "patient": patient_metrics, "n_slices", "threshold"}``."""
     if len(dataset.names) == 0:
         raise DataError(f"{dataset.root}: no slices to evaluate")

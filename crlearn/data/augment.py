@@ -1,6 +1,6 @@
 """The paper's x5 augmentation (§2.3): each slice as it is, rotated by 90, 180 and 270 degrees, and flipped.
 
-The same five views serve training (:class:`crlearn.data.SegmentationDataset` with ``augment=True``) and test-time
+The same five views serve training (:class:`crlearn.data.folder.SegmentationDataset` with ``augment=True``) and test-time
 augmentation (:func:`crlearn.inference.predict_logits`), which maps each view's prediction back with ``inverse=True``.
 """
 

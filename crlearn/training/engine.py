@@ -4,7 +4,7 @@ Huang et al. 2022, §3.1: Adam, batch 8, up to 200 epochs, early stopping; the h
 final output (deep supervision, §2.7). :func:`fit` reads top to bottom like nanoGPT's loop; every other function
 here is one step of it. Beyond the paper (this project's choices, see the README): a one-cycle learning-rate
 schedule and a weight EMA for the short quick profile; bf16 autocast and channels_last on CUDA; with
-``TrainConfig.fast`` (the full profile) the same steps by a faster route, :mod:`crlearn.fastpath`.
+``TrainConfig.fast`` (the full profile) the same steps by a faster route, :mod:`crlearn.training.fastpath`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import fastpath, perf
-from .checkpoint import atomic_write_json, cpu_state, load_checkpoint, save_checkpoint
-from .losses import deep_supervision_loss
-from .metrics import confusion_counts, ratios_from_counts
-from .profiles import TrainConfig, autocast, autocast_dtype, pick_device, to_device
+from crlearn.training import fastpath
+
+from crlearn.training import perf
+from crlearn.training.checkpoint import atomic_write_json, cpu_state, load_checkpoint, save_checkpoint
+from crlearn.losses import deep_supervision_loss
+from crlearn.metrics import confusion_counts, ratios_from_counts
+from crlearn.training.config import TrainConfig
+from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
@@ -193,8 +196,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     (:class:`WeightEMA`) is the one validated, checkpointed and returned: with batch 8 on a small set the raw
     model's BN statistics are noisy. At the end ``model`` holds the best weights. On CUDA it turns on
     ``torch.backends.cudnn.benchmark`` (process-wide; every batch has the same size). ``config.fast`` other than
-    ``"off"`` trains the same batches through :mod:`crlearn.fastpath` (:class:`~crlearn.fastpath.DeviceBatches` and
-    :class:`~crlearn.fastpath.FastEpoch` in place of :func:`make_loader` and :func:`train_one_epoch`).
+    ``"off"`` trains the same batches through :mod:`crlearn.training.fastpath` (:class:`~crlearn.training.fastpath.DeviceBatches` and
+    :class:`~crlearn.training.fastpath.FastEpoch` in place of :func:`make_loader` and :func:`train_one_epoch`).
     """
     device, cfg = pick_device(device), config
     seed_everything(cfg.seed)

@@ -1,7 +1,7 @@
 """One training run, end to end: the library function the ``crlearn train`` command and the notebooks call.
 
 :func:`run` loads a data set once, splits it by patient group (§2.2: 70/10/20), builds CR-Net for the chosen
-profile, fits it (:func:`crlearn.engine.fit`), evaluates it on the validation and test splits at the data's own
+profile, fits it (:func:`crlearn.training.engine.fit`), evaluates it on the validation and test splits at the data's own
 resolution (:func:`crlearn.inference.evaluate`) and, given a run folder, writes everything there atomically:
 ``best.pt``, ``last.pt``, ``history.json``, ``metrics.json``, ``learning_curve.png``, ``test_overlays.png``.
 
@@ -19,15 +19,16 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from .arrays import DataError
-from .checkpoint import atomic_write_json, fresh_path
-from .data import MERGED_CLASS, SegmentationDataset, default_data_dir, read_labels
-from .engine import fit
-from .inference import evaluate, predict
-from .model import CRNet
-from .profiles import PROFILES, pick_device, resolve_profile
-from .report import DISCLAIMER, hardware, save_figure
-from .splits import split_by_group
+from crlearn.data.errors import DataError
+from crlearn.training.checkpoint import atomic_write_json, fresh_path
+from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_dir, read_labels
+from crlearn.training.engine import fit
+from crlearn.inference import evaluate, predict
+from crlearn.nn.model import CRNet
+from crlearn.training.config import PROFILES, resolve_profile
+from crlearn.training.device import pick_device
+from crlearn.report import DISCLAIMER, hardware, save_figure
+from crlearn.data.splits import split_by_group
 
 RUN_FILES = ("best.pt", "last.pt", "history.json", "metrics.json", "learning_curve.png", "test_overlays.png")
 
@@ -135,8 +136,8 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
     Args:
         data: the data folder (default: the bundled MedSeg set), or a list of folders to train on together. Each
             folder is split by its own groups (seed ``seed``); the training and validation parts are joined.
-        profile: ``quick``, ``full`` or ``auto``/``None`` (see :func:`crlearn.profiles.resolve_profile`).
-        classes, merge: the task (see :class:`~crlearn.data.SegmentationDataset`); by default the profile's
+        profile: ``quick``, ``full`` or ``auto``/``None`` (see :func:`crlearn.training.config.resolve_profile`).
+        classes, merge: the task (see :class:`~crlearn.data.folder.SegmentationDataset`); by default the profile's
             (quick: the merged infection class; full: one channel per class). Resolved per folder: every folder
             must give the same channels (``classes=["infection"]``: MedSeg's merged union, the lung set's class).
         variant: a Table 7 row of the model (``unet``, ``unet_aspp``, ``crnet``; default ``crnet``).
@@ -146,9 +147,9 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
         tta: evaluate with five-view test-time augmentation.
         log: called with one line before and after training (``None``: silent).
         normalize: per-slice intensity normalisation (``none``, ``standardize``, ``equalize``:
-            :func:`crlearn.data.normalize_intensity`); ``None``: the TrainConfig default, ``none``. Kept in the
+            :func:`crlearn.data.folder.normalize_intensity`); ``None``: the TrainConfig default, ``none``. Kept in the
             checkpoints' ``train_config``.
-        overrides: :class:`~crlearn.profiles.TrainConfig` fields (``epochs``, ``size``, ``lr``, ``hybrid``...).
+        overrides: :class:`~crlearn.training.config.TrainConfig` fields (``epochs``, ``size``, ``lr``, ``hybrid``...).
 
     ``metrics`` holds ``val`` and ``test`` (:func:`crlearn.inference.evaluate` dicts), ``split`` (slice indices)
     and ``data`` (the folder); with several folders each of these is a dict folder name -> value (``data`` a list
@@ -195,7 +196,7 @@ def write_run(out: Path, model: CRNet, parts: Sequence[Part], history: dict[str,
               metrics: dict[str, Any], size: int, device: torch.device, tta: bool) -> None:
     """metrics.json, the learning curve and four test overlays (shared among the folders), beside the checkpoints
     ``fit`` wrote."""
-    from .viz import plot_history, plot_overlays
+    from crlearn.viz import plot_history, plot_overlays
 
     atomic_write_json(out / "metrics.json", metrics)
     save_figure(plot_history(history, f"profile {metrics['profile']}, {metrics['hardware']}"),

@@ -6,7 +6,7 @@ and reported as mean ± std.
 
 Table 7 also gives each row's COVID-19 slice classification accuracy: the row's encoder as the classifier of §2.8.
 With ``classify_data`` every trained model gets that column too: its encoder, frozen, under a linear head
-(:func:`crlearn.classifier.classifier_from_segmenter`) trained by :func:`crlearn.classifier_train.fit_classifier`
+(:func:`crlearn.tasks.classifier.classifier_from_segmenter`) trained by :func:`crlearn.tasks.classifier_run.fit_classifier`
 on one group split of the labelled slices (the same for every row and fold) and scored on its test groups.
 """
 
@@ -21,16 +21,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .classification import ClassificationDataset, classification_split
-from .classifier import classifier_from_segmenter, evaluate_classifier
-from .classifier_train import ClassifyConfig, classify_config, fit_classifier, split_groups
-from .data import MERGED_CLASS, SegmentationDataset, default_data_dir
-from .engine import fit
-from .inference import evaluate
-from .model import CRNet
-from .profiles import PROFILES, pick_device
-from .report import DISCLAIMER, hardware, markdown_table
-from .splits import group_folds, split_by_group
+from crlearn.data.slices import ClassificationDataset, classification_split
+from crlearn.tasks.classifier import classifier_from_segmenter, evaluate_classifier
+from crlearn.tasks.classifier_run import ClassifyConfig, classify_config, fit_classifier, split_groups
+from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_dir
+from crlearn.training.engine import fit
+from crlearn.inference import evaluate
+from crlearn.nn.model import CRNet
+from crlearn.training.config import PROFILES
+from crlearn.training.device import pick_device
+from crlearn.report import DISCLAIMER, hardware, markdown_table
+from crlearn.data.splits import group_folds, split_by_group
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ CLS_METRICS = ("cls_accuracy", "cls_auc")  # per fold, with classify_data
 
 def classification_task(data: str | Path, profile: str, size: int, seed: int = 0) -> ClassifyTask:
     """The labelled slices of ``data`` read once at ``size`` (the segmentation profile's), their group split
-    (:func:`crlearn.classification.classification_split`, ``seed``) and the profile's frozen-mode
-    :class:`~crlearn.classifier_train.ClassifyConfig`: one task for every row and fold."""
+    (:func:`crlearn.data.slices.classification_split`, ``seed``) and the profile's frozen-mode
+    :class:`~crlearn.tasks.classifier_run.ClassifyConfig`: one task for every row and fold."""
     cfg = classify_config(profile, "frozen", seed=seed, size=size)
     full = ClassificationDataset(data, size=cfg.size, fit=cfg.fit, normalize=cfg.normalize)
     return full, classification_split(full, seed=seed), cfg
@@ -74,7 +75,7 @@ def task_record(task: ClassifyTask) -> dict[str, Any]:
 def classification_scores(segmenter: CRNet, task: ClassifyTask, device: str | torch.device | None = None,
                           progress: bool = False) -> dict[str, float | None]:
     """Table 7's accuracy column for one trained segmenter: its encoder, frozen, under a linear head, trained as
-    ``crlearn classify train`` trains it (:func:`~crlearn.classifier_train.fit_classifier`: the augmented train
+    ``crlearn classify train`` trains it (:func:`~crlearn.tasks.classifier_run.fit_classifier`: the augmented train
     part, early stopping on val) and scored on the test groups: ``{"cls_accuracy", "cls_auc"}`` at slice level."""
     full, split, cfg = task
     torch.manual_seed(cfg.seed)  # the head's initial weights, as run_classify seeds them
@@ -105,7 +106,7 @@ def run_ablation(
     boundary F1, evaluated with test-time augmentation unless ``tta=False``; ``models`` (not saved to JSON)
     keeps the trained models of the last fold for inspection.
 
-    ``classify_data`` (a labelled folder, e.g. :func:`crlearn.classification.default_classification_dir`; ``None``
+    ``classify_data`` (a labelled folder, e.g. :func:`crlearn.data.slices.default_classification_dir`; ``None``
     skips it) adds Table 7's accuracy column: :func:`classification_scores` of each trained model on the run's one
     :func:`classification_task` (``epochs`` does not cap the head): ``cls_accuracy``, ``cls_auc``, ``classify``.
     """

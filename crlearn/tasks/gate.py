@@ -2,11 +2,11 @@
 
 Huang et al., "A coarse-refine segmentation network for COVID-19 CT images", IET Image Processing 16(2), 2022,
 doi:10.1049/ipr2.12278 (§2.8): the encoder of the segmentation network, with global average pooling and a linear
-layer (:class:`~crlearn.encoder.EncoderClassifier`), tells slices with lesions from slices without; the pipeline
+layer (:class:`~crlearn.nn.encoder.EncoderClassifier`), tells slices with lesions from slices without; the pipeline
 segments the slices it calls positive. A negative slice is never shown to the segmenter, so its probabilities are
 all zero ("not segmented"), and a lesion slice the classifier misses loses its whole mask.
 
-    from crlearn.gate import gated_predict
+    from crlearn.tasks.gate import gated_predict
     out = gated_predict(segmenter, classifier, images, size=128)   # images (N, 1, H, W) in [0, 1]
     out.probs[~out.positive].abs().sum() == 0                       # skipped slices: zeros
 
@@ -16,7 +16,7 @@ through :func:`crlearn.inference.predict_logits` (with TTA if asked), exactly as
 
 :func:`predict_files` is ``crlearn predict``'s library side: PNG files in, masks (gated or not) out, each model
 reading a slice the way it was trained to (the segmenter with its checkpoint's normalisation, the classifier as
-:class:`~crlearn.classification.ClassificationDataset` reads its slices).
+:class:`~crlearn.data.slices.ClassificationDataset` reads its slices).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .classification import classifier_input
-from .classifier import THRESHOLD, predict_proba
-from .data import normalize_intensity, read_image
-from .inference import predict, predict_logits
+from crlearn.data.slices import classifier_input
+from crlearn.tasks.classifier import THRESHOLD, predict_proba
+from crlearn.data.folder import normalize_intensity, read_image
+from crlearn.inference import predict, predict_logits
 
 __all__ = ["FilePrediction", "GatedPrediction", "area_rows", "covid_probability", "gated_predict", "predict_files"]
 
@@ -67,7 +67,7 @@ def check_images(images: Tensor) -> None:
 
 def covid_probability(classifier: nn.Module, images: Tensor, size: int | None,
                       device: str | torch.device | None = None, batch_size: int = 8) -> Tensor:
-    """P(COVID-19) per slice, ``(N,)`` float32 on the CPU (:func:`crlearn.classifier.predict_proba`), each slice
+    """P(COVID-19) per slice, ``(N,)`` float32 on the CPU (:func:`crlearn.tasks.classifier.predict_proba`), each slice
     resized to the classifier's ``size`` as the segmenter's input is (``None``: already at it); one view, no
     test-time augmentation."""
     return torch.from_numpy(predict_proba(classifier, images, device, batch_size, size)).float()
@@ -80,10 +80,10 @@ def gated_predict(segmenter: nn.Module, classifier: nn.Module, images: Tensor, s
     """Classify every slice, segment only those the classifier calls COVID-19 (Huang et al. 2022, §2.8).
 
     Args:
-        segmenter: a :class:`~crlearn.model.CRNet` (anything whose output has ``.final`` logits and whose
+        segmenter: a :class:`~crlearn.nn.model.CRNet` (anything whose output has ``.final`` logits and whose
             ``config.num_classes`` says K).
         classifier: slice classifier returning logits ``(B, C)``, class 1 = COVID-19, e.g. an
-            :class:`~crlearn.encoder.EncoderClassifier` on the segmenter's encoder.
+            :class:`~crlearn.nn.encoder.EncoderClassifier` on the segmenter's encoder.
         images: ``(N, 1, H, W)`` slices in [0, 1], at any resolution.
         size: the segmenter's input size (pixels, divisible by 32).
         device: e.g. ``"cuda"``; default CUDA if available, else CPU.
@@ -93,7 +93,7 @@ def gated_predict(segmenter: nn.Module, classifier: nn.Module, images: Tensor, s
         classifier_size: the classifier's input size; default ``size`` (with ``classifier_images``: their own).
         batch_size: slices per forward pass, for both models.
         classifier_images: the same ``N`` slices as the classifier was trained to read them (e.g. by
-            :func:`crlearn.classification.classifier_input`: its own normalisation and fit); default ``images``.
+            :func:`crlearn.data.slices.classifier_input`: its own normalisation and fit); default ``images``.
 
     Returns:
         A :class:`GatedPrediction`: probabilities and masks at the images' own size, zero where not segmented.
@@ -147,10 +147,10 @@ def predict_files(paths: Sequence[str | Path], segmenter: nn.Module, size: int, 
         segmenter: a CR-Net; ``size`` and ``normalize`` are those it was trained with (its checkpoint's
             ``train_config``): each slice is normalised so, then :func:`crlearn.inference.predict` (no classifier)
             or :func:`gated_predict` runs.
-        classifier: a slice classifier (:func:`crlearn.classifier.load_classifier`); ``None``: every slice is
+        classifier: a slice classifier (:func:`crlearn.tasks.classifier.load_classifier`); ``None``: every slice is
             segmented and ``p_covid`` is ``None``.
         classifier_ckpt: the classifier's checkpoint; its ``size``, ``fit`` and ``normalize`` say how it reads a
-            slice (:func:`crlearn.classification.classifier_input`, as in training).
+            slice (:func:`crlearn.data.slices.classifier_input`, as in training).
         threshold: a slice is segmented when ``p_covid >= threshold``.
         device, tta: as for :func:`gated_predict`.
     """

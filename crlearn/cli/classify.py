@@ -1,5 +1,5 @@
-"""``crlearn classify``: the slice classifier of §2.8. It parses, calls :func:`crlearn.classifier_train.run_classify`
-or :func:`crlearn.classifier_train.evaluate_checkpoint`, and prints; :mod:`crlearn.cli` wires it in.
+"""``crlearn classify``: the slice classifier of §2.8. It parses, calls :func:`crlearn.tasks.classifier_run.run_classify`
+or :func:`crlearn.tasks.classifier_run.evaluate_checkpoint`, and prints; :mod:`crlearn.cli.main` wires it in.
 
     crlearn classify train [--data DIR] [--encoder CKPT | --scratch] [--finetune] [--profile quick|full]
                            [--out RUN] [--force] [--seed N] [--device DEV] [--epochs N]
@@ -12,11 +12,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .report import DISCLAIMER, markdown_table
+from crlearn.report import DISCLAIMER, markdown_table
 
 
 def _out(args: argparse.Namespace, default: str | Path, is_dir: bool = True) -> Path:
-    from .checkpoint import fresh_path
+    from crlearn.training.checkpoint import fresh_path
 
     return fresh_path(args.out or default, explicit=args.out is not None, force=args.force, is_dir=is_dir)
 
@@ -39,8 +39,8 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def cmd_classify_train(args: argparse.Namespace) -> int:
-    from .classifier_train import CLASSIFY_FILES, run_classify
-    from .profiles import resolve_profile
+    from crlearn.tasks.classifier_run import CLASSIFY_FILES, run_classify
+    from crlearn.training.config import resolve_profile
 
     profile = resolve_profile(args.profile)
     mode = "scratch" if args.scratch else "finetune" if args.finetune else "frozen"
@@ -60,8 +60,8 @@ def cmd_classify_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classify_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write_json
-    from .classifier_train import evaluate_checkpoint
+    from crlearn.training.checkpoint import atomic_write_json
+    from crlearn.tasks.classifier_run import evaluate_checkpoint
 
     metrics, ds = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device)
     out = _out(args, Path(args.checkpoint).with_name(f"eval-{ds.root.resolve().name}.json"), is_dir=False)
@@ -76,8 +76,8 @@ def cmd_classify_evaluate(args: argparse.Namespace) -> int:
 
 def add_classify_parser(sub: Any) -> None:
     """The ``classify`` command and its ``train`` and ``evaluate`` subcommands."""
-    from .classification import FITS, default_classification_dir
-    from .data import NORMALIZATIONS
+    from crlearn.data.slices import FITS, default_classification_dir
+    from crlearn.data.folder import NORMALIZATIONS
 
     c = sub.add_parser("classify", help="the encoder as a COVID-19 vs non-COVID slice classifier (paper §2.8)")
     kinds = c.add_subparsers(dest="what", required=True)

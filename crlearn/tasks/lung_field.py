@@ -47,8 +47,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .arrays import as_bool_mask, to_numpy
-from .data import MERGED_CLASS
+from crlearn.checks import as_bool_mask, to_numpy
+from crlearn.data.folder import MERGED_CLASS
 
 __all__ = [
     "otsu_threshold",
@@ -309,7 +309,7 @@ def burden_table(
     The image-only lung field is computed once per slice, then united with *each source's own* lesions (what
     that source would compute on its own: a prediction never sees the ground truth). Each row holds ``name``,
     ``lung_fraction_<source>`` (lung pixels / image pixels) and ``<source>_<class>`` ratios, with ``infection``
-    (:data:`crlearn.data.MERGED_CLASS`) when K > 1. An empty lung field gives NaN ratios and a ``note``.
+    (:data:`crlearn.data.folder.MERGED_CLASS`) when K > 1. An empty lung field gives NaN ratios and a ``note``.
     """
     n = len(images)
     names = [str(i) for i in range(n)] if names is None else list(names)

@@ -1,4 +1,4 @@
-"""Input checks shared by the modules that take masks and tensors: one place, one wording of each error."""
+"""Argument checks shared by the modules that take masks and tensors: one place, one wording of each error."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file (or folder) and the problem."""
 
 
 def check_positive_int(name: str, value: object) -> None:

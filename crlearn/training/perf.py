@@ -1,7 +1,7 @@
-"""Speed workarounds for CPU training, kept apart from the teaching code (the GPU's are in :mod:`crlearn.fastpath`).
+"""Speed workarounds for CPU training, kept apart from the teaching code (the GPU's are in :mod:`crlearn.training.fastpath`).
 
 Neither changes what is computed (only how fast, and the last bits of rounding); the model classes do not know
-about them. The engine applies both (:func:`apply_to_model` in :func:`crlearn.engine.fit` and
+about them. The engine applies both (:func:`apply_to_model` in :func:`crlearn.training.engine.fit` and
 :func:`crlearn.inference.predict_logits`, :func:`keep_freed_memory` in ``fit`` and the ``crlearn`` command).
 Measured effect: README, "Speed". Remove a workaround when the PyTorch behaviour it names is fixed: delete its
 function here and its one call in the engine; nothing else changes.

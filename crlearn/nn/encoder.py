@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .arrays import check_positive_int
-from .blocks import SEBasicBlock
+from crlearn.checks import check_positive_int
+from crlearn.nn.blocks import SEBasicBlock
 
 STAGE_BLOCKS = (3, 4, 6, 3)  # basic blocks per stage in ResNet-34
 STAGE_WIDTHS = (64, 128, 256, 512)  # channels per stage at width 1.0

@@ -3,7 +3,7 @@
 Huang et al., "A coarse-refine segmentation network for COVID-19 CT images",
 IET Image Processing 16(2), 2022, doi:10.1049/ipr2.12278 (§2.5-2.6, Figs. 1-3, Table 7).
 
-    from crlearn.model import CRNet, CRNetConfig
+    from crlearn.nn.model import CRNet, CRNetConfig
     net = CRNet(CRNetConfig.quick())           # tiny, trains on a CPU
     out = net(torch.randn(2, 1, 128, 128))     # CRNetOutput(coarse, final), logits
 """
@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .arrays import check_positive_int
-from .coarse import CoarseModule
-from .encoder import scaled_widths
-from .refine import RefineModule
+from crlearn.checks import check_positive_int
+from crlearn.nn.coarse import CoarseModule
+from crlearn.nn.encoder import scaled_widths
+from crlearn.nn.refine import RefineModule
 
 # Table 7 ablation rows built by this module (the "+ hybrid loss" row is a training switch).
 VARIANTS = {

@@ -12,11 +12,11 @@ occupy. :func:`burden` segments every slice of a data folder and compares the mo
 Where the lung field comes from, and the result says which:
 
 - predicted (``lung_source``): the model's ``lung`` channel if it has one (``"model"``), else the classical
-  image-only field of :mod:`crlearn.severity` united with the predicted lesions (``"classical"``);
+  image-only field of :mod:`crlearn.tasks.lung_field` united with the predicted lesions (``"classical"``);
 - true (``true_lung_source``): the folder's lung masks where its labels declare ``lung`` and ``infection``
   (``"masks"``, e.g. ``data_sample/covid19_ct_lung_infection``), else the classical field united with the TRUE
   lesions, the union of the lesion classes (``"classical"``, e.g. MedSeg, which has no lung masks). A classical
-  "true" ratio is an estimate, not ground truth: read :mod:`crlearn.severity`'s limitations.
+  "true" ratio is an estimate, not ground truth: read :mod:`crlearn.tasks.lung_field`'s limitations.
 
 The slices of a folder are a sample of each scan, not the whole volume: a group's ratio describes those slices.
 For teaching, not a diagnosis.
@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import (
+from crlearn.data.folder import (
     GROUP_COLUMNS,
     MERGED_CLASS,
     DataError,
     normalize_intensity,
     read_index,
 )
-from .inference import predict
-from .report import DISCLAIMER, markdown_table
-from .severity import include_lesions, lung_mask_steps
+from crlearn.inference import predict
+from crlearn.report import DISCLAIMER, markdown_table
+from crlearn.tasks.lung_field import include_lesions, lung_mask_steps
 
 __all__ = [
     "LUNG_CLASS",
@@ -217,13 +217,13 @@ def true_masks(dataset: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _classical_fields(images: torch.Tensor) -> np.ndarray:
-    """The image-only lung field of every slice, bool ``(N, H, W)`` (:func:`crlearn.severity.lung_mask_steps`)."""
+    """The image-only lung field of every slice, bool ``(N, H, W)`` (:func:`crlearn.tasks.lung_field.lung_mask_steps`)."""
     return np.stack([lung_mask_steps(img).lung for img in images]) if len(images) else np.zeros((0, 1, 1), bool)
 
 
 def _with_lesions(fields: np.ndarray, lesions: Any) -> np.ndarray:
     """Each classical field united with its slice's lesions (an empty field stays empty: no ratio, as in
-    :func:`crlearn.severity.burden_table`)."""
+    :func:`crlearn.tasks.lung_field.burden_table`)."""
     les = np.asarray(lesions, dtype=bool)
     return np.stack([include_lesions(f, m) if f.any() else f for f, m in zip(fields, les)]) if len(les) else fields
 
@@ -240,7 +240,7 @@ def burden(model: nn.Module, dataset: Any, size: int, device: str | torch.device
 
     Args:
         model: a CR-Net whose output channels are ``class_names`` (the checkpoint's ``class_names``).
-        dataset: a :class:`~crlearn.data.SegmentationDataset`, best at its own resolution (``size=None``), with
+        dataset: a :class:`~crlearn.data.folder.SegmentationDataset`, best at its own resolution (``size=None``), with
             its original (not normalised) images; any classes (the truth is read from its labels).
         size: the model's input size (the checkpoint's ``train_config["size"]``).
         tta: five-view test-time augmentation (:func:`crlearn.inference.predict_logits`).

@@ -1,6 +1,6 @@
 """CT slices and lesion masks from a PNG folder, their classes, and the paper's x5 augmentation.
 
-Huang et al. 2022, §2.2 (data) and §2.3 (augmentation); the patient-level splits are in :mod:`crlearn.splits`.
+Huang et al. 2022, §2.2 (data) and §2.3 (augmentation); the patient-level splits are in :mod:`crlearn.data.splits`.
 
 Folder format (each data set under ``data_sample/`` has it, e.g. ``data_sample/medseg_covid100``; any folder laid
 out like it works the same)::
@@ -40,9 +40,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from .arrays import DataError
-from .augment import AUGMENTATIONS, augment_pair
-from .labels import (  # noqa: F401 (the class names are re-exported: a data set is where readers look for them)
+from crlearn.data.errors import DataError
+from crlearn.data.augment import AUGMENTATIONS, augment_pair
+from crlearn.data.labels import (  # noqa: F401 (the class names are re-exported: a data set is where readers look for them)
     BACKGROUND,
     DEFAULT_CLASSES,
     MAX_MASK_VALUE,
@@ -69,7 +69,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("CRLEARN_DATA")
     if env:
         return Path(env)
-    beside = Path(__file__).resolve().parents[1] / DEFAULT_DATA
+    beside = Path(__file__).resolve().parents[2] / DEFAULT_DATA
     return beside if beside.is_dir() else Path(DEFAULT_DATA)
 
 

@@ -2,7 +2,7 @@
 the notebooks call.
 
 :func:`run_classify` does it all in two stages. Stage 1 (frozen and finetune modes, unless a segmentation
-checkpoint is given): train CR-Net on the MedSeg set with the profile (:func:`crlearn.train.run`). Stage 2: split
+checkpoint is given): train CR-Net on the MedSeg set with the profile (:func:`crlearn.training.run.run`). Stage 2: split
 the labelled slices by patient group (70/10/20, both classes in every part), put the encoder under a linear head,
 fit (:func:`fit_classifier`: Adam, cross-entropy on two logits, early stopping on the validation loss), evaluate
 the validation and test parts at slice and patient level, and write ``best.pt`` and ``metrics.json``. Every mode
@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_json, fresh_path
-from .classification import (
+from crlearn.training.checkpoint import atomic_write_json, fresh_path
+from crlearn.data.slices import (
     CLASS_NAMES,
     FITS,
     LABELS,
@@ -33,7 +33,7 @@ from .classification import (
     classification_split,
     default_classification_dir,
 )
-from .classifier import (
+from crlearn.tasks.classifier import (
     check_mode,
     classifier_from_checkpoint,
     classifier_from_segmenter,
@@ -42,18 +42,12 @@ from .classifier import (
     save_classifier,
     scratch_classifier,
 )
-from .data import NORMALIZATIONS
-from .encoder import EncoderClassifier
-from .engine import FitState, make_loader, seed_everything
-from .profiles import (
-    PROFILES,
-    autocast,
-    autocast_dtype,
-    pick_device,
-    resolve_profile,
-    to_device,
-)
-from .report import DISCLAIMER, hardware
+from crlearn.data.folder import NORMALIZATIONS
+from crlearn.nn.encoder import EncoderClassifier
+from crlearn.training.engine import FitState, make_loader, seed_everything
+from crlearn.training.config import PROFILES, resolve_profile
+from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
+from crlearn.report import DISCLAIMER, hardware
 
 CLASSIFY_FILES = ("best.pt", "metrics.json")
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
@@ -67,8 +61,8 @@ class ClassifyConfig:
     """How to train the classifier (stage 2); a profile and the command line override the defaults."""
 
     size: int = 128  # side of the square input, pixels
-    fit: str = "pad"  # "pad" (aspect kept, zero borders) or "stretch" (crlearn.classification)
-    normalize: str = "none"  # per-slice intensity normalisation (crlearn.data.normalize_intensity)
+    fit: str = "pad"  # "pad" (aspect kept, zero borders) or "stretch" (crlearn.data.slices)
+    normalize: str = "none"  # per-slice intensity normalisation (crlearn.data.folder.normalize_intensity)
     epochs: int = 40  # maximum number of epochs, the same for every mode
     batch_size: int = 32  # slices per step
     lr: float = 3e-3  # Adam learning rate (run_classify sets the mode's, MODE_LR, unless overridden)
@@ -227,7 +221,7 @@ def _classifier(mode: str, encoder: str | Path | None, profile: str, seed: int, 
     if encoder is not None:
         torch.manual_seed(seed)  # the head's initial weights
         return classifier_from_checkpoint(encoder, mode), str(encoder)
-    from .train import run
+    from crlearn.training.run import run
 
     seg_out = out / "segmenter" if out is not None else None
     result = run(profile=profile, seed=seed, out=seg_out, force=force, device=device, progress=progress,
@@ -248,13 +242,13 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
         encoder: a segmentation checkpoint (``best.pt`` of ``crlearn train``) whose encoder to use; ``None`` trains
             one first on the MedSeg set with the same profile and seed (stage 1), written to ``out/segmenter``.
         mode: ``frozen`` (the paper's: only the head learns), ``finetune`` or ``scratch`` (Table 6).
-        profile: ``quick``, ``full`` or ``auto``/``None`` (:func:`crlearn.profiles.resolve_profile`).
+        profile: ``quick``, ``full`` or ``auto``/``None`` (:func:`crlearn.training.config.resolve_profile`).
         out: the run folder for ``best.pt`` and ``metrics.json``; ``None`` writes nothing. An existing
             non-empty folder needs ``force``.
         seed: seeds the split, stage 1, the head and the batch order.
         log: called with one line per stage (``None``: silent).
-        seg_overrides: :class:`~crlearn.profiles.TrainConfig` overrides (and ``data``) for stage 1.
-        fold: use fold ``fold`` (0-based) of ``n_folds`` group folds (:func:`crlearn.classification.
+        seg_overrides: :class:`~crlearn.training.config.TrainConfig` overrides (and ``data``) for stage 1.
+        fold: use fold ``fold`` (0-based) of ``n_folds`` group folds (:func:`crlearn.data.slices.
             classification_folds`, same seed) instead of the 70/10/20 split; every fold's test groups differ.
         overrides: :class:`ClassifyConfig` fields (``epochs``, ``size``, ``fit``, ``normalize``, ``lr``...).
     """
@@ -293,7 +287,7 @@ def run_classify(data: str | Path | None = None, encoder: str | Path | None = No
 
 
 def fold_split(full: ClassificationDataset, fold: int, n_folds: int, seed: int) -> dict[str, list[int]]:
-    """Fold ``fold`` of :func:`crlearn.classification.classification_folds` (checked: 0 <= fold < n_folds)."""
+    """Fold ``fold`` of :func:`crlearn.data.slices.classification_folds` (checked: 0 <= fold < n_folds)."""
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold must lie in 0..{n_folds - 1}, got {fold}")
     return classification_folds(full, n_folds=n_folds, seed=seed)[fold]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .arrays import DataError
+from crlearn.data.errors import DataError
 
 # Label values of MedSeg COVID-19 "dataset 1" (data_sample/medseg_covid100/README.md). The paper's third class is
 # fibrosis, which this data does not have: pleural effusion takes its place.

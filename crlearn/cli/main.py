@@ -1,6 +1,6 @@
 """The ``crlearn`` command: train, evaluate, predict, burden, ablate, bench. It parses arguments, calls the library
-and prints; the work is done by :func:`crlearn.train.run`, :func:`crlearn.inference.evaluate`,
-:func:`crlearn.burden.burden`, :func:`crlearn.ablation.run_ablation` and :mod:`crlearn.bench`.
+and prints; the work is done by :func:`crlearn.training.run.run`, :func:`crlearn.inference.evaluate`,
+:func:`crlearn.tasks.burden.burden`, :func:`crlearn.tasks.ablation.run_ablation` and :mod:`crlearn.bench`.
 
     crlearn train [--data DIR ...] [--profile auto|quick|full] [--classes NAME ... | --merge] [--normalize KIND]
                   [--out RUN]
@@ -9,7 +9,7 @@ and prints; the work is done by :func:`crlearn.train.run`, :func:`crlearn.infere
     crlearn burden --checkpoint RUN/best.pt [--data DIR] [--out FILE.json]
     crlearn ablate [--folds K] [--profile P] [--classify [DIR]] [--out DIR]
     crlearn bench model|ssim [options]
-    crlearn classify train|evaluate [options]   (the slice classifier of §2.8: crlearn.cli_classify)
+    crlearn classify train|evaluate [options]   (the slice classifier of §2.8: crlearn.cli.classify)
 
 Bad input ends with a one-line error and exit code 2. Default output paths never overwrite anything (a numeric
 suffix is added); an explicit ``--out`` that already exists needs ``--force``.
@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .report import DISCLAIMER
+from crlearn.report import DISCLAIMER
 
 
 def _tta_note(tta: bool) -> str:
@@ -33,7 +33,7 @@ def _tta_note(tta: bool) -> str:
 
 
 def _out(args: argparse.Namespace, default: str | Path, is_dir: bool = True) -> Path:
-    from .checkpoint import fresh_path
+    from crlearn.training.checkpoint import fresh_path
 
     return fresh_path(args.out or default, explicit=args.out is not None, force=args.force, is_dir=is_dir)
 
@@ -45,8 +45,8 @@ def _normalization(ckpt: dict[str, Any]) -> str:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
     """The checkpoint's model on the chosen device: ``(model, checkpoint, device)``."""
-    from .checkpoint import load_checkpoint
-    from .profiles import pick_device
+    from crlearn.training.checkpoint import load_checkpoint
+    from crlearn.training.device import pick_device
 
     device = pick_device(args.device)
     model, ckpt = load_checkpoint(args.checkpoint, device)
@@ -54,9 +54,9 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .metrics import format_table
-    from .profiles import resolve_profile
-    from .train import RUN_FILES, run
+    from crlearn.metrics import format_table
+    from crlearn.training.config import resolve_profile
+    from crlearn.training.run import RUN_FILES, run
 
     profile = resolve_profile(args.profile)
     overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes")
@@ -77,11 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write_json
-    from .data import DataError, SegmentationDataset
-    from .inference import evaluate
-    from .labels import UnknownClassError
-    from .metrics import format_table
+    from crlearn.training.checkpoint import atomic_write_json
+    from crlearn.data.folder import DataError, SegmentationDataset
+    from crlearn.inference import evaluate
+    from crlearn.data.labels import UnknownClassError
+    from crlearn.metrics import format_table
 
     model, ckpt, device = _load_model(args)
     names = ckpt["class_names"]
@@ -102,15 +102,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write_bytes
-    from .gate import area_rows, predict_files
-    from .report import save_figure
-    from .viz import plot_overlays
+    from crlearn.training.checkpoint import atomic_write_bytes
+    from crlearn.tasks.gate import area_rows, predict_files
+    from crlearn.report import save_figure
+    from crlearn.viz import plot_overlays
 
     model, ckpt, device = _load_model(args)
     classifier, cls_ckpt = (None, None)
     if args.classifier is not None:
-        from .classifier import load_classifier
+        from crlearn.tasks.classifier import load_classifier
 
         classifier, cls_ckpt = load_classifier(args.classifier, device)
     names, size = ckpt["class_names"], ckpt["train_config"]["size"]  # the size the model was trained at
@@ -139,8 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _burden_classes(checkpoint: str, names: list[str]) -> list[str]:
     """The checkpoint's class names, refused with a one-line error naming it when there is no infection class."""
-    from .burden import burden_channels
-    from .checkpoint import CheckpointError
+    from crlearn.tasks.burden import burden_channels
+    from crlearn.training.checkpoint import CheckpointError
 
     try:
         burden_channels(names)
@@ -150,11 +150,11 @@ def _burden_classes(checkpoint: str, names: list[str]) -> list[str]:
 
 
 def cmd_burden(args: argparse.Namespace) -> int:
-    from .burden import burden, burden_markdown, burden_summary
-    from .checkpoint import atomic_write_json, fresh_path, run_split
-    from .data import SegmentationDataset
-    from .report import save_figure
-    from .viz import plot_burden
+    from crlearn.tasks.burden import burden, burden_markdown, burden_summary
+    from crlearn.training.checkpoint import atomic_write_json, fresh_path, run_split
+    from crlearn.data.folder import SegmentationDataset
+    from crlearn.report import save_figure
+    from crlearn.viz import plot_burden
 
     model, ckpt, device = _load_model(args)
     names = _burden_classes(args.checkpoint, ckpt["class_names"])
@@ -178,11 +178,11 @@ def cmd_burden(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablation import ablation_markdown, run_ablation
-    from .checkpoint import atomic_write_bytes, atomic_write_json
-    from .profiles import resolve_profile
-    from .report import save_figure
-    from .viz import plot_ablation
+    from crlearn.tasks.ablation import ablation_markdown, run_ablation
+    from crlearn.training.checkpoint import atomic_write_bytes, atomic_write_json
+    from crlearn.training.config import resolve_profile
+    from crlearn.report import save_figure
+    from crlearn.viz import plot_ablation
 
     profile = resolve_profile(args.profile)
     out = _out(args, f"runs/ablate-{profile}")
@@ -204,8 +204,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from . import bench
-    from .checkpoint import atomic_write_json
+    from crlearn import bench
+    from crlearn.training.checkpoint import atomic_write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -226,7 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_data(sp: argparse.ArgumentParser, several: bool = False) -> None:
-    from .data import default_data_dir
+    from crlearn.data.folder import default_data_dir
 
     sp.add_argument("--data", default=[str(default_data_dir())] if several else str(default_data_dir()),
                     nargs="+" if several else None,
@@ -268,7 +268,7 @@ def _add_budget(sp: argparse.ArgumentParser, minutes_help: str) -> None:
 
 
 def _train_parser(sub: Any) -> None:
-    from .data import NORMALIZATIONS
+    from crlearn.data.folder import NORMALIZATIONS
 
     t = sub.add_parser("train", help="train CR-Net on a data folder and evaluate it on its test split")
     _add_data(t, several=True)
@@ -293,8 +293,8 @@ def _train_parser(sub: Any) -> None:
 
 
 def _eval_parsers(sub: Any) -> None:
-    from .classification import default_classification_dir
-    from .classifier import THRESHOLD
+    from crlearn.data.slices import default_classification_dir
+    from crlearn.tasks.classifier import THRESHOLD
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data folder")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
@@ -337,7 +337,7 @@ def _eval_parsers(sub: Any) -> None:
 
 
 def _bench_parser(sub: Any) -> None:
-    from .model import VARIANTS
+    from crlearn.nn.model import VARIANTS
 
     b = sub.add_parser("bench", help="benchmarks beside the peer: model step vs SMP U-Net, SSIM vs pytorch_msssim")
     kinds = b.add_subparsers(dest="what", required=True)
@@ -350,7 +350,7 @@ def _bench_parser(sub: Any) -> None:
     m.add_argument("--batch-sizes", "--batch-size", dest="batch_sizes", type=int, nargs="+", default=[8],
                    help="samples per step, each timed (default 8)")
     m.add_argument("--modes", nargs="+", choices=["eager", "graph", "compile"], default=None,
-                   help="routes of the step (crlearn.fastpath); default: eager and graph on CUDA, else eager")
+                   help="routes of the step (crlearn.training.fastpath); default: eager and graph on CUDA, else eager")
     m.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s = kinds.add_parser("ssim", help="SSIM loss forward + backward: crlearn vs pytorch_msssim")
     s.add_argument("--size", type=int, default=512, help="input side in pixels")
@@ -364,7 +364,7 @@ def _bench_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from crlearn import __version__
 
     p = argparse.ArgumentParser(prog="crlearn", description=__doc__.split("\n\n")[0] + " " + DISCLAIMER)
     p.add_argument("--version", action="version", version=f"crlearn {__version__}")
@@ -372,18 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parsers(sub)
     _bench_parser(sub)
-    from .cli_classify import add_classify_parser
+    from crlearn.cli.classify import add_classify_parser
 
     add_classify_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import OutputExistsError
-    from .perf import keep_freed_memory
+    from crlearn.training.checkpoint import OutputExistsError
+    from crlearn.training.perf import keep_freed_memory
 
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # faster CPU steps (crlearn.perf explains the workaround)
+    keep_freed_memory()  # faster CPU steps (crlearn.training.perf explains the workaround)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -5,7 +5,7 @@ Folder format (``data_sample/sarscov2_ct`` has it; any folder laid out like it w
     ROOT/images/NAME.png   8-bit (or 16-bit) grayscale slice, of any size (sizes may differ from file to file)
     ROOT/index.csv         one row per slice: a ``slice_id`` (or ``name``/``file``) column, a ``label`` column
                            (``covid`` or ``non_covid``: :data:`LABELS`) and a group column
-                           (``pseudo_patient_group``, ``patient_id``, ...: :data:`crlearn.data.GROUP_COLUMNS`)
+                           (``pseudo_patient_group``, ``patient_id``, ...: :data:`crlearn.data.folder.GROUP_COLUMNS`)
 
 The index is the list of slices: an image without a row is not read. Every slice is brought to one square input
 size in one of two ways (``fit``):
@@ -14,7 +14,7 @@ size in one of two ways (``fit``):
   and pad the shorter side with zeros (black) on both sides, centred. Nothing is distorted.
 - ``"stretch"``: resize straight to ``size x size`` (bilinear, antialiased); a wide crop gets squeezed.
 
-Every problem with the input raises :class:`~crlearn.arrays.DataError` with one line naming the file.
+Every problem with the input raises :class:`~crlearn.checks.DataError` with one line naming the file.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .arrays import DataError
-from .augment import AUGMENTATIONS, apply_view
-from .data import (
+from crlearn.data.errors import DataError
+from crlearn.data.augment import AUGMENTATIONS, apply_view
+from crlearn.data.folder import (
     GROUP_COLUMNS,
     NAME_COLUMNS,
     check_normalization,
     normalize_intensity,
     read_image,
 )
-from .splits import group_folds, split_by_group
+from crlearn.data.splits import group_folds, split_by_group
 
 LABELS = {"non_covid": 0, "covid": 1}  # index.csv label -> class index; 1 (COVID-19) is the positive class
 CLASS_NAMES = sorted(LABELS, key=LABELS.get)  # ["non_covid", "covid"]: the classifier's outputs, in order
@@ -48,7 +48,7 @@ DEFAULT_CLASSIFICATION_DATA = "data_sample/sarscov2_ct"
 
 def default_classification_dir() -> Path:
     """The bundled SARS-CoV-2 CT set: ``data_sample/sarscov2_ct`` beside the package, else relative to here."""
-    beside = Path(__file__).resolve().parents[1] / DEFAULT_CLASSIFICATION_DATA
+    beside = Path(__file__).resolve().parents[2] / DEFAULT_CLASSIFICATION_DATA
     return beside if beside.is_dir() else Path(DEFAULT_CLASSIFICATION_DATA)
 
 
@@ -98,8 +98,8 @@ def fit_square(image: torch.Tensor, size: int, fit: str = "pad") -> torch.Tensor
 
 def classifier_input(image: torch.Tensor, size: int, fit: str = "pad", normalize: str = "none") -> torch.Tensor:
     """A slice ``(1, H, W)`` as the classifier reads it: clamped to [0, 1], normalised at its own size
-    (:func:`crlearn.data.normalize_intensity`), then brought to ``(1, size, size)`` by :func:`fit_square`. The one
-    path of :class:`ClassificationDataset` and of gated prediction (:func:`crlearn.gate.predict_files`)."""
+    (:func:`crlearn.data.folder.normalize_intensity`), then brought to ``(1, size, size)`` by :func:`fit_square`. The one
+    path of :class:`ClassificationDataset` and of gated prediction (:func:`crlearn.tasks.gate.predict_files`)."""
     return fit_square(normalize_intensity(image.clamp(0, 1), normalize), size, fit)
 
 
@@ -110,11 +110,11 @@ class ClassificationDataset(Dataset):
         root: the data folder (images/, index.csv with slice_id, label and group columns).
         size: side of the square input, pixels.
         augment: the paper's x5 augmentation (§2.3): each slice appears five times (identity, rot90/180/270,
-            hflip; :mod:`crlearn.augment`).
+            hflip; :mod:`crlearn.data.augment`).
         indices: restrict to these rows of index.csv (a split); ``None`` takes all.
         fit: ``"pad"`` (aspect kept, zero borders; default) or ``"stretch"`` (module docstring).
         normalize: intensity normalisation of every slice at its own size, before ``fit``
-            (:func:`crlearn.data.normalize_intensity`).
+            (:func:`crlearn.data.folder.normalize_intensity`).
 
     Slices are read, checked and resized once: ``images (N, 1, S, S)``, ``targets (N,)`` long, ``groups`` and
     ``names`` (lists); :meth:`subset` takes parts from memory.
@@ -195,7 +195,7 @@ def classification_split(dataset: ClassificationDataset, seed: int = 0,
                          fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> dict[str, list[int]]:
     """Patient-level train/val/test split (§2.2: 70/10/20 by group), stratified by class.
 
-    The groups of each class are split on their own (:func:`crlearn.splits.split_by_group`, same seed) and the
+    The groups of each class are split on their own (:func:`crlearn.data.splits.split_by_group`, same seed) and the
     parts joined, so every part holds both classes in about the data's proportion. A class missing from a part
     (fewer than three groups) is a :class:`DataError` naming index.csv. Returns sorted slice indices per part.
     """
@@ -212,7 +212,7 @@ def classification_split(dataset: ClassificationDataset, seed: int = 0,
 
 def classification_folds(dataset: ClassificationDataset, n_folds: int = 5, seed: int = 0) -> list[dict[str, list[int]]]:
     """K-fold cross-validation by group (§2.2: five folds), stratified like :func:`classification_split`: fold k
-    joins fold k of each class's :func:`crlearn.splits.group_folds`."""
+    joins fold k of each class's :func:`crlearn.data.splits.group_folds`."""
     folds: list[dict[str, list[int]]] = [{"train": [], "val": [], "test": []} for _ in range(n_folds)]
     for members in _by_class(dataset):
         try:

@@ -13,18 +13,17 @@ variable ``CRLEARN_PROFILE`` and an explicit argument override it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .data import NORMALIZATIONS
-from .model import CRNetConfig
+from crlearn.data.folder import NORMALIZATIONS
+from crlearn.nn.model import CRNetConfig
 
 PROFILE_ENV = "CRLEARN_PROFILE"
-FAST_MODES = ("off", "eager", "graph", "compile")  # TrainConfig.fast; crlearn.fastpath explains each
+FAST_MODES = ("off", "eager", "graph", "compile")  # TrainConfig.fast; crlearn.training.fastpath explains each
 
 
 @dataclass
@@ -44,8 +43,8 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this much training time (breaks exact repeatability)
     ema: float | None = None  # decay of an exponential moving average of weights and BN statistics (None: off)
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 + gradient scaler)
-    normalize: str = "none"  # per-slice intensity normalisation of the data (crlearn.data.normalize_intensity)
-    fast: str = "off"  # the training step's route (crlearn.fastpath): "off" (the teaching loop), "eager", "graph" or
+    normalize: str = "none"  # per-slice intensity normalisation of the data (crlearn.data.folder.normalize_intensity)
+    fast: str = "off"  # the training step's route (crlearn.training.fastpath): "off" (the teaching loop), "eager", "graph" or
     # "compile"; the last two only on CUDA (elsewhere they run as "eager"). Same batches and steps, only faster.
 
     def __post_init__(self) -> None:
@@ -91,7 +90,7 @@ PROFILES: dict[str, Profile] = {
         merge=True,
     ),
     # The paper: width 1.0, 512 px, Adam 3e-4, batch 8, up to 200 epochs, early stopping. fast="graph": the same
-    # training with the whole step replayed as one CUDA graph (crlearn.fastpath); on a CPU it runs as "eager".
+    # training with the whole step replayed as one CUDA graph (crlearn.training.fastpath); on a CPU it runs as "eager".
     "full": Profile("full", model=dict(), train=dict(size=512, epochs=200, batch_size=8, lr=3e-4, patience=20,
                                                      fast="graph")),
 }
@@ -105,31 +104,3 @@ def resolve_profile(profile: str | None = None) -> str:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected 'auto' or one of {sorted(PROFILES)}")
     return name
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``cuda`` when available unless a device is given."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16; ``None`` (no autocast) on CPU or when disabled."""
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is ``None``."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a batch to the device (non-blocking from pinned memory on CUDA), 4-D tensors in channels_last layout.
-
-    channels_last suits cuDNN's tensor-core kernels and oneDNN's CPU convolutions alike, so every device uses it.
-    """
-    x = x.to(device, non_blocking=device.type == "cuda")
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

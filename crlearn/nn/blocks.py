@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arrays import check_positive_int
+from crlearn.checks import check_positive_int
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

@@ -1,8 +1,8 @@
 """A faster route for the training step, kept apart from the teaching loop (``TrainConfig.fast``).
 
-:func:`crlearn.engine.fit` takes this route when ``config.fast`` is not ``"off"`` (the ``full`` profile sets
+:func:`crlearn.training.engine.fit` takes this route when ``config.fast`` is not ``"off"`` (the ``full`` profile sets
 ``"graph"``). It trains the same samples, in the same batches and order, with the same forward, loss, backward and
-fused Adam step as :func:`crlearn.engine.train_one_epoch`, which stays the reference: on a CPU both give the same
+fused Adam step as :func:`crlearn.training.engine.train_one_epoch`, which stays the reference: on a CPU both give the same
 history (``tests/test_fastpath.py``). Only the route differs. What each piece works around:
 
 1. **Host-side batches for a set that fits the device.** A DataLoader builds every batch on the host (collate,
@@ -40,8 +40,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .losses import deep_supervision_loss
-from .profiles import TrainConfig, autocast_dtype, to_device
+from crlearn.losses import deep_supervision_loss
+from crlearn.training.config import TrainConfig
+from crlearn.training.device import autocast_dtype, to_device
 
 STEP_MODES = ("eager", "graph", "compile")  # TrainStep's routes
 GRAPH_WARMUP = 3  # eager steps before a capture (cuDNN autotuning, Adam's state, the allocator settle first)
@@ -51,16 +52,16 @@ class DeviceBatches:
     """Every sample of ``dataset`` on ``device`` once; each batch gathered there, in a DataLoader's order.
 
     Args:
-        dataset: yields ``(image [1,S,S], mask [C,S,S])``, e.g. :class:`crlearn.data.SegmentationDataset` with its
+        dataset: yields ``(image [1,S,S], mask [C,S,S])``, e.g. :class:`crlearn.data.folder.SegmentationDataset` with its
             x5 views; every item is read once, here.
         batch_size: samples per batch; an epoch's last batch holds the rest (as ``drop_last=False``).
-        shuffle: a new order every epoch drawn from :attr:`generator` (which :func:`crlearn.engine.fit` reseeds each
+        shuffle: a new order every epoch drawn from :attr:`generator` (which :func:`crlearn.training.engine.fit` reseeds each
             epoch, as it does a loader's); ``False``: the dataset's order.
         device: where the samples live and the batches are gathered.
         seed: the generator's first seed.
 
     Iterating gives what ``DataLoader(dataset, batch_size, shuffle, generator=generator)`` (in-process) followed
-    by :func:`crlearn.profiles.to_device` gives: the same samples in the same order, shapes, dtypes and layout. The
+    by :func:`crlearn.training.config.to_device` gives: the same samples in the same order, shapes, dtypes and layout. The
     order comes from such a DataLoader over the sample indices (:attr:`index_loader`), so it is the teaching loop's
     order however a loop iterates (``tqdm.auto`` makes one iterator more than it uses, which draws a seed).
     """
@@ -207,7 +208,7 @@ def effective_mode(cfg: TrainConfig, device: torch.device, scaler_enabled: bool)
 
 
 def segmentation_loss(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
-    """The training loss of a batch as :func:`crlearn.engine.train_one_epoch` computes it (deep supervision, hybrid
+    """The training loss of a batch as :func:`crlearn.training.engine.train_one_epoch` computes it (deep supervision, hybrid
     or BCE, under the run's autocast), as a function for :class:`TrainStep`."""
     dtype = autocast_dtype(device, cfg.amp)
 
@@ -219,7 +220,7 @@ def segmentation_loss(model: nn.Module, cfg: TrainConfig, device: torch.device) 
 
 
 class FastEpoch:
-    """:func:`crlearn.engine.train_one_epoch` for :class:`DeviceBatches`, with the same arguments and result.
+    """:func:`crlearn.training.engine.train_one_epoch` for :class:`DeviceBatches`, with the same arguments and result.
 
     The same steps, scheduler and EMA updates in the same order; the loss is summed in a device tensor and read once,
     at the end of the epoch. The first call makes the :class:`TrainStep` (in :func:`effective_mode`), which is kept for

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from . import __version__
-from .model import CRNet, CRNetConfig
+from crlearn import __version__
+from crlearn.nn.model import CRNet, CRNetConfig
 
 CHECKPOINT_FORMAT = "crlearn-checkpoint-v1"
 
@@ -84,8 +84,8 @@ def save_checkpoint(
 ) -> None:
     """Weights, model and training config, class names and package version, written atomically.
 
-    ``train_config`` is a :class:`~crlearn.profiles.TrainConfig`. Extra ``state`` (optimizer, epoch, history...)
-    lets :func:`crlearn.engine.fit` resume the same run.
+    ``train_config`` is a :class:`~crlearn.training.config.TrainConfig`. Extra ``state`` (optimizer, epoch, history...)
+    lets :func:`crlearn.training.engine.fit` resume the same run.
     """
     model = getattr(model, "_orig_mod", model)
     ckpt = {
@@ -115,7 +115,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not one of ours"
         raise CheckpointError(f"{path}: not a crlearn checkpoint ({type(exc).__name__}: {exc})") from None
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if isinstance(fmt, str) and fmt.startswith("crlearn-classifier"):  # crlearn.classifier.CLASSIFIER_FORMAT
+    if isinstance(fmt, str) and fmt.startswith("crlearn-classifier"):  # crlearn.tasks.classifier.CLASSIFIER_FORMAT
         raise CheckpointError(f"{path}: a classifier checkpoint (crlearn classify train), not a segmentation "
                               f"checkpoint (crlearn train)")
     if fmt != CHECKPOINT_FORMAT:
@@ -128,7 +128,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 def run_split(checkpoint: str | Path, part: str, data: str | Path) -> list[int]:
     """Slice indices of a run's ``part`` (``train``, ``val``, ``test``, or ``held-out`` = val + test) of ``data``.
 
-    Read from the ``metrics.json`` that :func:`crlearn.train.run` wrote beside the checkpoint; a
+    Read from the ``metrics.json`` that :func:`crlearn.training.run.run` wrote beside the checkpoint; a
     :class:`CheckpointError` when there is none or it was made on another data folder.
     """
     path = Path(checkpoint).with_name("metrics.json")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .arrays import check_positive_int
-from .blocks import ASPP, ConvBNReLU
-from .coarse import upsample_like
-from .encoder import init_weights
+from crlearn.checks import check_positive_int
+from crlearn.nn.blocks import ASPP, ConvBNReLU
+from crlearn.nn.coarse import upsample_like
+from crlearn.nn.encoder import init_weights
 
 
 class RefineModule(nn.Module):

@@ -1,0 +1,35 @@
+"""Where a run computes: the device, mixed precision on CUDA, and how a batch reaches the device."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` when available unless a device is given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16; ``None`` (no autocast) on CPU or when disabled."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is ``None``."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a batch to the device (non-blocking from pinned memory on CUDA), 4-D tensors in channels_last layout.
+
+    channels_last suits cuDNN's tensor-core kernels and oneDNN's CPU convolutions alike, so every device uses it.
+    """
+    x = x.to(device, non_blocking=device.type == "cuda")
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
