@@ -29,10 +29,9 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 def prepare_model(model: nn.Module, device: str | torch.device | None = None
                   ) -> tuple[nn.Module, torch.device, torch.dtype | None]:
     """Put ``model`` on the device in channels_last layout and eval mode; returns it, the device and the autocast
-    dtype (``None`` on CPU). The CPU speed workaround of :mod:`crlearn.training.perf` is applied here."""
+    dtype (``None`` on CPU)."""
     device = pick_device(device)
     model = model.to(device=device, memory_format=torch.channels_last).eval()
-    perf.apply_to_model(model, device)
     return model, device, autocast_dtype(device)
 
 
@@ -59,14 +58,15 @@ def predict_logits(model: nn.Module, images: Tensor, size: int, device: str | to
     views = AUGMENTATIONS if tta else ("identity",)
     h, w = images.shape[-2:]
     outs = []
-    for xs in model_batches(images, size, device, batch_size):  # the views are made on the device
-        logits = 0.0
-        for view in views:
-            with autocast(device, dtype):
-                out = model(apply_view(xs, view).contiguous(memory_format=torch.channels_last)).final
-            logits = logits + apply_view(out.float(), view, inverse=True)
-        logits = logits / len(views)
-        outs.append(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).cpu())
+    with perf.narrow_batchnorm(model, device):  # a CPU speed workaround; the model's modules are restored after
+        for xs in model_batches(images, size, device, batch_size):  # the views are made on the device
+            logits = 0.0
+            for view in views:
+                with autocast(device, dtype):
+                    out = model(apply_view(xs, view).contiguous(memory_format=torch.channels_last)).final
+                logits = logits + apply_view(out.float(), view, inverse=True)
+            logits = logits / len(views)
+            outs.append(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).cpu())
     return torch.cat(outs)
 
 

@@ -9,13 +9,13 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 DISCLAIMER = "crlearn is for teaching only: these numbers and pictures are not a diagnosis."
 
 
 def hardware() -> str:
     """A short description of where this runs, for every reported number."""
+    import torch  # here, not at the top: the command line imports this module to print its help
+
     if torch.cuda.is_available():
         return f"CUDA GPU: {torch.cuda.get_device_name(0)}"
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -39,10 +39,12 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def peak_note(device: torch.device) -> str:
+def peak_note(device: Any) -> str:
     """The device's name and dense bf16 peak: the physical limit that achieved TFLOP/s compare with."""
     if device.type != "cuda":
         return "CPU, peak unknown"
+    import torch
+
     name = torch.cuda.get_device_name(device)
     peak = peak_tflops(name)
     return f"{name}, dense bf16 peak " + (f"{peak:.0f} TFLOP/s (NVIDIA datasheet)" if peak else "unknown")

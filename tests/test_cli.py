@@ -307,3 +307,40 @@ def test_cli_ablate_classify_defaults_to_the_bundled_labelled_set(tmp_path, monk
         with pytest.raises(SystemExit):
             main(["ablate", "--profile", "quick", *extra, "--out", str(tmp_path / "a")])
         assert seen[-1] == expected
+
+
+def test_help_imports_no_torch_and_the_cli_choices_match_the_library():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom crlearn.cli import main\nfor c in ([], ['train'], ['classify', 'train'], ['bench', 'model']):\n"
+            "    try:\n        main([*c, '--help'])\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported for --help'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    from crlearn.cli import choices
+    from crlearn.data.folder import NORMALIZATIONS
+    from crlearn.data.slices import FITS
+    from crlearn.nn.model import VARIANTS
+    from crlearn.tasks.classifier import THRESHOLD
+    from crlearn.training.config import PROFILES
+
+    assert choices.NORMALIZATIONS == NORMALIZATIONS and choices.FITS == FITS and choices.THRESHOLD == THRESHOLD
+    assert list(choices.VARIANTS) == list(VARIANTS) and list(choices.PROFILES) == ["auto", *PROFILES]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--device", "gpu"], "unknown device 'gpu'"),
+    (["evaluate", "--checkpoint", "x.pt", "--device", "cuda:x"], "unknown device"),
+])
+def test_a_misspelt_device_is_one_line_and_exit_2(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_one_line_and_exit_2(small_data, capsys):
+    assert main(["evaluate", "--checkpoint", "missing.pt", "--data", str(small_data), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA device" in err and len(err.splitlines()) == 1

@@ -19,10 +19,11 @@ def test_narrow_batchnorm_matches_nn_batchnorm_forward_backward_and_statistics(c
     ref = nn.BatchNorm2d(channels)
     ours = nn.BatchNorm2d(channels)
     ours.load_state_dict(ref.state_dict())
-    assert perf.apply_to_model(ours, torch.device("cpu")) == (1 if channels < 16 else 0)
     x = torch.randn(4, channels, 16, 16).contiguous(memory_format=torch.channels_last)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ref(xa), ours(xb)
+    with perf.narrow_batchnorm(ours, torch.device("cpu")) as n:
+        assert n == (1 if channels < 16 else 0)
+        ya, yb = ref(xa), ours(xb)
     assert yb.is_contiguous(memory_format=torch.channels_last)  # the layout the next layer expects
     torch.testing.assert_close(yb, ya)
     g = torch.randn_like(ya)
@@ -34,16 +35,38 @@ def test_narrow_batchnorm_matches_nn_batchnorm_forward_backward_and_statistics(c
     torch.testing.assert_close(ours.running_var, ref.running_var)
 
 
-def test_apply_to_model_changes_only_narrow_batchnorms_on_cpu_and_keeps_the_state_dict():
+def test_narrow_batchnorm_swaps_only_narrow_batchnorms_on_cpu_and_restores_the_callers_modules():
     model = CRNet(CRNetConfig(num_classes=1, **TINY))
     keys = list(model.state_dict())
+    classes = [type(m) for m in model.modules()]
     narrow = sum(isinstance(m, nn.BatchNorm2d) and m.num_features < 16 for m in model.modules())
     assert narrow > 0
-    assert perf.apply_to_model(model, torch.device("meta")) == 0  # other devices: untouched
-    assert perf.apply_to_model(model, torch.device("cpu")) == narrow
-    assert sum(type(m) is perf.NarrowBatchNorm2d for m in model.modules()) == narrow
-    assert list(model.state_dict()) == keys
-    assert perf.apply_to_model(model, torch.device("cpu")) == 0  # applying twice changes nothing more
+    with perf.narrow_batchnorm(model, torch.device("meta")) as n:
+        assert n == 0  # other devices: untouched
+    with perf.narrow_batchnorm(model, torch.device("cpu")) as n:
+        assert n == narrow
+        assert sum(type(m) is perf.NarrowBatchNorm2d for m in model.modules()) == narrow
+        assert list(model.state_dict()) == keys
+    assert [type(m) for m in model.modules()] == classes  # the caller's modules, as they were
+
+
+def test_fit_and_predict_leave_the_callers_modules_and_generators_as_they_were(small_data):
+    from crlearn.data.folder import SegmentationDataset
+    from crlearn.inference import predict_logits
+    from crlearn.training.config import TrainConfig
+    from crlearn.training.engine import fit
+
+    ds = SegmentationDataset(small_data, merge=True)
+    model = CRNet(CRNetConfig(num_classes=1, **TINY))
+    classes = [type(m) for m in model.modules()]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    fit(model, ds.subset([0, 1], size=64), ds.subset([2], size=64), TrainConfig(size=64, epochs=1), ["infection"],
+        progress=False)
+    predict_logits(model, ds.images[:1], 64, "cpu", tta=False)
+    assert [type(m) for m in model.modules()] == classes
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_keep_freed_memory_on_glibc_and_a_no_op_elsewhere(monkeypatch):

@@ -76,8 +76,8 @@ def cmd_classify_evaluate(args: argparse.Namespace) -> int:
 
 def add_classify_parser(sub: Any) -> None:
     """The ``classify`` command and its ``train`` and ``evaluate`` subcommands."""
-    from crlearn.data.slices import FITS, default_classification_dir
-    from crlearn.data.folder import NORMALIZATIONS
+    from crlearn.cli.choices import FITS, NORMALIZATIONS
+    from crlearn.data.paths import default_classification_dir
 
     c = sub.add_parser("classify", help="the encoder as a COVID-19 vs non-COVID slice classifier (paper §2.8)")
     kinds = c.add_subparsers(dest="what", required=True)

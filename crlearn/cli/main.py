@@ -25,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from crlearn.cli import choices
+from crlearn.data.paths import default_classification_dir, default_data_dir
 from crlearn.report import DISCLAIMER
 
 
@@ -214,8 +216,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  warmup=args.warmup, device=args.device, variants=tuple(args.variants),
                                  width=args.width, verbose=True, channels_last=args.channels_last,
                                  modes=tuple(args.modes) if args.modes else None)  # prints the table as it goes
-        if args.json:
-            atomic_write_json(Path(args.json), rows)
+        if args.out:
+            atomic_write_json(_out(args, args.out, is_dir=False), rows)
     else:
         bench.bench_ssim(batch_size=args.batch_size, size=args.size, repeats=args.steps, warmup=args.warmup,
                          device=args.device)
@@ -226,8 +228,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_data(sp: argparse.ArgumentParser, several: bool = False) -> None:
-    from crlearn.data.folder import default_data_dir
-
     sp.add_argument("--data", default=[str(default_data_dir())] if several else str(default_data_dir()),
                     nargs="+" if several else None,
                     help="data folder" + ("(s), trained on together" if several else "")
@@ -235,12 +235,12 @@ def _add_data(sp: argparse.ArgumentParser, several: bool = False) -> None:
 
 
 def _add_profile(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--profile", choices=["auto", "quick", "full"], default=None,
+    sp.add_argument("--profile", choices=list(choices.PROFILES), default=None,
                     help="auto (default; $CRLEARN_PROFILE, else full with CUDA and quick without), quick or full")
 
 
 def _add_device(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    sp.add_argument("--device", type=_device, default=None, help=choices.DEVICES_HELP)
 
 
 def _add_tta(sp: argparse.ArgumentParser) -> None:
@@ -268,8 +268,6 @@ def _add_budget(sp: argparse.ArgumentParser, minutes_help: str) -> None:
 
 
 def _train_parser(sub: Any) -> None:
-    from crlearn.data.folder import NORMALIZATIONS
-
     t = sub.add_parser("train", help="train CR-Net on a data folder and evaluate it on its test split")
     _add_data(t, several=True)
     _add_profile(t)
@@ -277,8 +275,8 @@ def _train_parser(sub: Any) -> None:
                    help="classes of the folder's labels, one output each (full profile's default: all of them)")
     t.add_argument("--merge", action="store_true",
                    help="merge the classes into one 'infection' class (Table 7; the quick profile's default)")
-    t.add_argument("--variant", choices=["unet", "unet_aspp", "crnet"], default=None, help="Table 7 row (default crnet)")
-    t.add_argument("--normalize", choices=list(NORMALIZATIONS), default="none",
+    t.add_argument("--variant", choices=list(choices.VARIANTS), default=None, help="Table 7 row (default crnet)")
+    t.add_argument("--normalize", choices=list(choices.NORMALIZATIONS), default="none",
                    help="per-slice intensity normalisation, kept in the checkpoint and applied by evaluate, predict "
                         "and burden (default none)")
     t.add_argument("--bce-only", action="store_true", help="plain BCE instead of the hybrid loss")
@@ -293,9 +291,6 @@ def _train_parser(sub: Any) -> None:
 
 
 def _eval_parsers(sub: Any) -> None:
-    from crlearn.data.slices import default_classification_dir
-    from crlearn.tasks.classifier import THRESHOLD
-
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a data folder")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     _add_data(e)
@@ -308,8 +303,8 @@ def _eval_parsers(sub: Any) -> None:
     pr.add_argument("--classifier", default=None,
                     help="a classifier best.pt (crlearn classify train): segment only the slices it calls COVID-19 "
                          "(paper §2.8); areas.csv gains p_covid and segmented columns")
-    pr.add_argument("--threshold", type=float, default=THRESHOLD,
-                    help=f"with --classifier: segment a slice when P(COVID) >= this (default {THRESHOLD})")
+    pr.add_argument("--threshold", type=float, default=choices.THRESHOLD,
+                    help=f"with --classifier: segment a slice when P(COVID) >= this (default {choices.THRESHOLD})")
     _add_model_run(pr, "folder for areas.csv and the overlays (default: runs/predict)", quiet=False)
     pr.set_defaults(func=cmd_predict)
 
@@ -337,13 +332,12 @@ def _eval_parsers(sub: Any) -> None:
 
 
 def _bench_parser(sub: Any) -> None:
-    from crlearn.nn.model import VARIANTS
-
     b = sub.add_parser("bench", help="benchmarks beside the peer: model step vs SMP U-Net, SSIM vs pytorch_msssim")
     kinds = b.add_subparsers(dest="what", required=True)
     m = kinds.add_parser("model", help="training-step time and TFLOP/s of CR-Net's variants and SMP's U-Net")
     m.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="input sides in pixels")
-    m.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="Table 7 rows")
+    m.add_argument("--variants", nargs="+", choices=list(choices.VARIANTS), default=list(choices.VARIANTS),
+                   help="Table 7 rows")
     m.add_argument("--width", type=float, default=1.0, help="CR-Net channel multiplier (1.0: the paper's)")
     m.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="memory layout of models and inputs (default: channels_last, as training uses)")
@@ -351,7 +345,8 @@ def _bench_parser(sub: Any) -> None:
                    help="samples per step, each timed (default 8)")
     m.add_argument("--modes", nargs="+", choices=["eager", "graph", "compile"], default=None,
                    help="routes of the step (crlearn.training.fastpath); default: eager and graph on CUDA, else eager")
-    m.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    m.add_argument("--out", default=None, help="also write the rows to this JSON file; never overwritten without --force")
+    m.add_argument("--force", action="store_true", help="overwrite an existing --out")
     s = kinds.add_parser("ssim", help="SSIM loss forward + backward: crlearn vs pytorch_msssim")
     s.add_argument("--size", type=int, default=512, help="input side in pixels")
     s.add_argument("--batch-size", type=int, default=8)
@@ -363,10 +358,38 @@ def _bench_parser(sub: Any) -> None:
     b.set_defaults(func=cmd_bench)
 
 
+DESCRIPTION = """Train, evaluate and ablate the coarse-refine segmentation network of Huang et al. 2022 (IET Image
+Processing, doi:10.1049/ipr2.12278) on the bundled chest CT slices. """ + DISCLAIMER
+
+EXAMPLES = """examples:
+  crlearn train                                   # the main job: quick on a CPU, full on a GPU
+  crlearn evaluate --checkpoint runs/train-quick/best.pt
+  crlearn predict --checkpoint runs/train-quick/best.pt data_sample/medseg_covid100/images/*.png
+  crlearn ablate --folds 3                        # Table 7
+  crlearn classify train                          # the slice classifier of section 2.8
+  crlearn SUBCOMMAND --help                       # the options of one command"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with usage errors on one line (exit 2), like every other error of the command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _device(text: str) -> str:
+    """argparse type of --device: the spelling is checked here (no torch); availability when the command runs."""
+    kind, _, index = text.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected {choices.DEVICES_HELP}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crlearn import __version__
 
-    p = argparse.ArgumentParser(prog="crlearn", description=__doc__.split("\n\n")[0] + " " + DISCLAIMER)
+    p = Parser(prog="crlearn", description=DESCRIPTION, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"crlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
@@ -379,11 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
     from crlearn.training.checkpoint import OutputExistsError
     from crlearn.training.perf import keep_freed_memory
 
-    args = build_parser().parse_args(argv)
-    keep_freed_memory()  # faster CPU steps (crlearn.training.perf explains the workaround)
+    keep_freed_memory()  # faster CPU steps, process-wide: only the command does this (crlearn.training.perf)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -391,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OutputExistsError) as exc:  # DataError, CheckpointError and bad settings included
         print(f"crlearn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (continue a training run with --resume RUN/last.pt)" if args.command in ("train", "classify") else ""
+        print(f"crlearn {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from crlearn.data.errors import DataError
+from crlearn.data.paths import DEFAULT_DATA, default_data_dir  # noqa: F401 (re-exported)
 from crlearn.data.augment import AUGMENTATIONS, augment_pair
 from crlearn.data.labels import (  # noqa: F401 (the class names are re-exported: a data set is where readers look for them)
     BACKGROUND,
@@ -58,19 +58,8 @@ GROUP_COLUMNS = ("pseudo_patient_group", "patient_id", "patient", "volume", "gro
 NAME_COLUMNS = ("slice_id", "name", "file")
 
 
-DEFAULT_DATA = "data_sample/medseg_covid100"  # one folder per data set under data_sample/
 NORMALIZATIONS = ("none", "standardize", "equalize")  # the kinds of normalize_intensity
 STANDARDIZE_CLIP = 3.0  # "standardize" keeps +-3 standard deviations and maps them onto [0, 1]
-
-
-def default_data_dir() -> Path:
-    """The bundled MedSeg set: ``$CRLEARN_DATA`` if set, else ``data_sample/medseg_covid100`` beside the package,
-    else ``./data_sample/medseg_covid100``."""
-    env = os.environ.get("CRLEARN_DATA")
-    if env:
-        return Path(env)
-    beside = Path(__file__).resolve().parents[2] / DEFAULT_DATA
-    return beside if beside.is_dir() else Path(DEFAULT_DATA)
 
 
 @dataclass(frozen=True)

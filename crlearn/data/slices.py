@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from crlearn.data.errors import DataError
+from crlearn.data.paths import DEFAULT_CLASSIFICATION_DATA, default_classification_dir  # noqa: F401 (re-exported)
 from crlearn.data.augment import AUGMENTATIONS, apply_view
 from crlearn.data.folder import (
     GROUP_COLUMNS,
@@ -43,15 +44,6 @@ LABELS = {"non_covid": 0, "covid": 1}  # index.csv label -> class index; 1 (COVI
 CLASS_NAMES = sorted(LABELS, key=LABELS.get)  # ["non_covid", "covid"]: the classifier's outputs, in order
 LABEL_COLUMN = "label"
 FITS = ("pad", "stretch")  # how a slice becomes a square input (module docstring)
-DEFAULT_CLASSIFICATION_DATA = "data_sample/sarscov2_ct"
-
-
-def default_classification_dir() -> Path:
-    """The bundled SARS-CoV-2 CT set: ``data_sample/sarscov2_ct`` beside the package, else relative to here."""
-    beside = Path(__file__).resolve().parents[2] / DEFAULT_CLASSIFICATION_DATA
-    return beside if beside.is_dir() else Path(DEFAULT_CLASSIFICATION_DATA)
-
-
 def read_class_index(root: Path) -> list[tuple[str, int, str]]:
     """``(slice name, class index, group)`` per row of ``root/index.csv``, checked (:class:`DataError` naming it)."""
     path = root / "index.csv"

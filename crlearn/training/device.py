@@ -7,11 +7,29 @@ import contextlib
 import torch
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``cuda`` when available unless a device is given."""
+    """The device to compute on: ``None``/``"auto"`` picks CUDA, else Apple's MPS, else the CPU.
+
+    An explicit device that this machine lacks (``cuda`` without CUDA, ``cuda:3`` on a one-GPU machine, ``mps``
+    off a Mac) raises ``ValueError`` with one line saying so.
+    """
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r} asked for, but this machine has "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s); "
+                         "use --device cpu (or leave --device out)")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    return dev
 
 
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:

@@ -9,23 +9,22 @@ schedule and a weight EMA for the short quick profile; bf16 autocast and channel
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from crlearn.training import fastpath
+from crlearn.training import distributed, fastpath
 
 from crlearn.training import perf
 from crlearn.training.checkpoint import atomic_write_json, cpu_state, load_checkpoint, save_checkpoint
@@ -35,12 +34,29 @@ from crlearn.training.config import TrainConfig
 from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+EPOCH_SEED = 100_003  # epoch e of a run with seed s draws its batch order from s * EPOCH_SEED + e
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside the block torch's generators are seeded with ``seed``; on leaving, the caller's generator states are
+    restored (``torch.random.fork_rng``), so a library call never reseeds the caller's process."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning on CUDA (fixed input size: let cuDNN time and keep its fastest kernels) inside the block,
+    the caller's setting restored on leaving."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 class WeightEMA:
@@ -94,12 +110,56 @@ class FitState:
         return False
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, device: torch.device, seed: int = 0) -> DataLoader:
-    """A DataLoader; on CUDA with pinned memory and a few persistent workers, on CPU in-process (deterministic)."""
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, device: torch.device, seed: int = 0,
+                sampler: Sampler | None = None) -> DataLoader:
+    """A DataLoader; on CUDA with pinned memory and a few persistent workers, on CPU in-process (deterministic).
+
+    ``sampler`` (e.g. a ``DistributedSampler``) chooses and orders the samples instead of ``shuffle``.
+    """
     cuda = device.type == "cuda"
     workers = min(4, (os.cpu_count() or 2) // 2) if cuda else 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
-                      pin_memory=cuda, num_workers=workers, persistent_workers=workers > 0, drop_last=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=cuda, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=False)
+
+
+def make_loaders(train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
+                 device: torch.device) -> tuple[DataLoader | fastpath.DeviceBatches, DataLoader]:
+    """The training batches and the validation loader of :func:`fit`.
+
+    One process: a shuffled DataLoader (or with ``cfg.fast`` the fast path's :class:`~crlearn.training.fastpath.DeviceBatches`).
+    Under ``torchrun`` (:mod:`crlearn.training.distributed`): this rank's share, ``cfg.batch_size / N`` samples of
+    every global batch from a ``DistributedSampler``, and every N-th validation sample.
+    """
+    if not distributed.active():
+        train = (fastpath.DeviceBatches if cfg.fast != "off" else make_loader)(train_set, cfg.batch_size, True, device,
+                                                                              cfg.seed)
+        return train, make_loader(val_set, cfg.batch_size, False, device)
+    sampler = distributed.train_sampler(train_set, seed=cfg.seed * EPOCH_SEED)
+    return (make_loader(train_set, distributed.per_rank_batch(cfg.batch_size), True, device, sampler=sampler),
+            make_loader(distributed.val_shard(val_set), cfg.batch_size, False, device))
+
+
+def start_epoch(loader: DataLoader | fastpath.DeviceBatches, seed: int, epoch: int) -> None:
+    """The batch order depends on ``(seed, epoch)`` only: reseed the loader's generator, or under ``torchrun`` set the
+    ``DistributedSampler``'s epoch (its order is drawn from ``seed * EPOCH_SEED + epoch`` the same way)."""
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    else:
+        loader.generator.manual_seed(seed * EPOCH_SEED + epoch)
+
+
+def replicas(model: nn.Module, device: torch.device, cfg: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    """``(the model that trains, what the training step calls)``: ``model`` twice in one process; under ``torchrun``
+    a copy the engine owns with synchronised BatchNorm, and its ``DistributedDataParallel`` wrapper."""
+    if not distributed.active():
+        return model, model
+    if cfg.fast != "off":
+        raise ValueError(f"fast={cfg.fast!r} (the full profile's CUDA-graph step, crlearn.training.fastpath) does not "
+                         "compose with DistributedDataParallel under torchrun: a captured graph replays one process's "
+                         "step without DDP's gradient all-reduce; train with fast='off' (crlearn train --fast off)")
+    trained = distributed.sync_batchnorm(copy.deepcopy(model), device)
+    return trained, distributed.wrap(trained, device)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -134,9 +194,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, cfg: TrainConfig,
-             device: str | torch.device | None = None) -> tuple[float, float]:
-    """Mean loss over a loader and the pooled Dice of the final output, all classes counted together."""
+def validate(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: str | torch.device | None = None,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """Mean loss over a loader and the pooled Dice of the final output, all classes counted together.
+
+    ``reduce`` (e.g. :func:`crlearn.training.distributed.sum_over_ranks`) is applied to the loss sum and sample count
+    and to the TP, FP, FN counts before any division: under ``torchrun`` each rank holds a share of the set.
+    """
     device = pick_device(device)
     model.eval()
     dtype = autocast_dtype(device, cfg.amp)
@@ -149,6 +213,9 @@ def validate(model: nn.Module, loader: DataLoader, cfg: TrainConfig,
         n += len(x)
         c = confusion_counts(out.final.float() > 0, y > 0.5)
         counts += torch.stack([c["tp"].sum(), c["fp"].sum(), c["fn"].sum()]).cpu()
+    if reduce is not None:
+        total, n = reduce(torch.tensor([total, n], dtype=torch.float64)).tolist()
+        counts = reduce(counts)
     return total / max(n, 1), float(ratios_from_counts(*counts)["dice"])
 
 
@@ -194,52 +261,59 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     and ``history.json`` are written atomically after every epoch; ``resume`` continues the run of a ``last.pt``
     (on the CPU with the same numbers as an uninterrupted run). With ``config.ema`` the averaged model
     (:class:`WeightEMA`) is the one validated, checkpointed and returned: with batch 8 on a small set the raw
-    model's BN statistics are noisy. At the end ``model`` holds the best weights. On CUDA it turns on
-    ``torch.backends.cudnn.benchmark`` (process-wide; every batch has the same size). ``config.fast`` other than
+    model's BN statistics are noisy. At the end ``model`` holds the best weights. Nothing outside the run changes: torch's
+    generators are seeded inside the run and restored after it (:func:`seeded`), cuDNN autotuning is on for the run
+    and restored after it (:func:`cudnn_benchmark`), the CPU BatchNorm workaround runs inside it and leaves the
+    model's modules as they were (:func:`crlearn.training.perf.narrow_batchnorm`). ``config.fast`` other than
     ``"off"`` trains the same batches through :mod:`crlearn.training.fastpath` (:class:`~crlearn.training.fastpath.DeviceBatches` and
-    :class:`~crlearn.training.fastpath.FastEpoch` in place of :func:`make_loader` and :func:`train_one_epoch`).
+    :class:`~crlearn.training.fastpath.FastEpoch` in place of :func:`make_loader` and :func:`train_one_epoch`). Inside a
+    ``torchrun`` process group it trains data-parallel, ``config.batch_size`` being the global batch
+    (:mod:`crlearn.training.distributed`; the same history as one process to float tolerance).
     """
-    device, cfg = pick_device(device), config
-    seed_everything(cfg.seed)
+    device = pick_device(device)
+    with seeded(config.seed, device), cudnn_benchmark(device), perf.narrow_batchnorm(model, device):
+        return _fit(model, train_set, val_set, config, class_names, run_dir, resume, device, progress)
+
+
+def _fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainConfig, class_names: Sequence[str],
+         run_dir: str | Path | None, resume: str | Path | None, device: torch.device,
+         progress: bool) -> dict[str, list[float]]:
+    """The loop of :func:`fit`, inside its seeded, restored context."""
+    cfg, main = config, distributed.is_main()  # under torchrun only rank 0 (main) writes and shows progress
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
+    if run_dir is not None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
     model.to(device=device, memory_format=torch.channels_last)
-    perf.apply_to_model(model, device)
-    perf.keep_freed_memory()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time and keep its fastest kernels
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    fast = cfg.fast != "off"  # the same batches and steps by a faster route: data on the device, a CUDA graph
-    train_loader = (fastpath.DeviceBatches if fast else make_loader)(train_set, cfg.batch_size, True, device, cfg.seed)
-    train_epoch = fastpath.FastEpoch() if fast else train_one_epoch
-    val_loader = make_loader(val_set, cfg.batch_size, False, device)
+    trained, stepped = replicas(model, device, cfg)  # one process: model, model; torchrun: a copy, its DDP wrapper
+    opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    train_loader, val_loader = make_loaders(train_set, val_set, cfg, device)
+    train_epoch = fastpath.FastEpoch() if cfg.fast != "off" else train_one_epoch  # same steps by a faster route
     sched = make_scheduler(opt, cfg, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device, cfg.amp) == torch.float16)
-    ema = WeightEMA(model, cfg.ema) if cfg.ema is not None else None
-    judged = ema.module if ema is not None else model  # the model that is validated and kept
-    state = resume_state(resume, model, ema, opt, sched) if resume is not None else FitState()
+    ema = WeightEMA(trained, cfg.ema) if cfg.ema is not None else None
+    judged = ema.module if ema is not None else trained  # the model that is validated and kept
+    state = resume_state(resume, trained, ema, opt, sched) if resume is not None else FitState()
 
     t0 = time.perf_counter() - sum(state.history["seconds"])
-    epochs = tqdm(range(state.start_epoch, cfg.epochs), desc="epochs", disable=not progress,
+    epochs = tqdm(range(state.start_epoch, cfg.epochs), desc="epochs", disable=not (progress and main),
                   initial=state.start_epoch, total=cfg.epochs)
     for epoch in epochs:
-        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # batch order depends on (seed, epoch) only
+        start_epoch(train_loader, cfg.seed, epoch)
         t_epoch = time.perf_counter()
-        train_loss = train_epoch(model, train_loader, opt, sched, scaler, ema, cfg, device, f"epoch {epoch + 1}",
-                                 progress)
-        val_loss, val_dice = validate(judged, val_loader, cfg, device)
+        train_loss = distributed.mean_over_ranks(train_epoch(stepped, train_loader, opt, sched, scaler, ema, cfg,
+                                                             device, f"epoch {epoch + 1}", progress and main))
+        val_loss, val_dice = validate(judged, val_loader, cfg, device, reduce=distributed.sum_over_ranks)
         for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, val_loss, val_dice, opt.param_groups[0]["lr"],
                                              time.perf_counter() - t_epoch)):
             state.history[key].append(value)
         epochs.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", dice=f"{val_dice:.3f}")
         improved = state.observe(val_loss, judged)
-        if run_dir is not None:
-            save_epoch(run_dir, state, judged, model, ema, opt, sched, cfg, class_names, epoch, improved)
+        if run_dir is not None and main:
+            save_epoch(run_dir, state, judged, trained, ema, opt, sched, cfg, class_names, epoch, improved)
         out_of_time = cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes
-        if state.bad_epochs >= cfg.patience or out_of_time:
+        if distributed.agree(state.bad_epochs >= cfg.patience or out_of_time):  # rank 0 decides for all
             state.history["stopped"] = [epoch + 1]
             break
-    if state.best_state is not None:
-        model.load_state_dict(state.best_state)
+    if state.best_state is not None or trained is not model:
+        model.load_state_dict(state.best_state if state.best_state is not None else trained.state_dict())
     return state.history

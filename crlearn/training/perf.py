@@ -1,17 +1,18 @@
 """Speed workarounds for CPU training, kept apart from the teaching code (the GPU's are in :mod:`crlearn.training.fastpath`).
 
 Neither changes what is computed (only how fast, and the last bits of rounding); the model classes do not know
-about them. The engine applies both (:func:`apply_to_model` in :func:`crlearn.training.engine.fit` and
-:func:`crlearn.inference.predict_logits`, :func:`keep_freed_memory` in ``fit`` and the ``crlearn`` command).
-Measured effect: README, "Speed". Remove a workaround when the PyTorch behaviour it names is fixed: delete its
-function here and its one call in the engine; nothing else changes.
+about them. :func:`narrow_batchnorm` is a context manager that :func:`crlearn.training.engine.fit` and
+:func:`crlearn.inference.predict_logits` enter around their work and that restores the caller's modules on exit;
+:func:`keep_freed_memory` changes the whole process, so only the ``crlearn`` command calls it (a library call never
+does). Measured effect: ``results/README.md``, "Speed". Remove a workaround when the PyTorch behaviour it names is
+fixed: delete its function here and its call sites; nothing else changes.
 
 1. **Narrow channels_last BatchNorm on CPU.** PyTorch's CPU batch-norm kernel for channels_last tensors is slow
    when a tensor has fewer channels than one SIMD vector holds (the quick profile's refinement module has 8): its
    backward is slower than the NCHW kernel's, even counting the two layout copies. :class:`NarrowBatchNorm2d`
    sends such inputs through the NCHW kernel. How to retire it: time ``nn.BatchNorm2d`` forward + backward on an
    ``(8, 8, 128, 128)`` channels_last CPU tensor against the same tensor made contiguous; when channels_last is no
-   slower, delete the class and :func:`apply_to_model`.
+   slower, delete the class and :func:`narrow_batchnorm`.
 2. **glibc returning freed memory to the OS.** A training step frees and reallocates the same large activation
    buffers every step; by default glibc unmaps big blocks on free and trims the heap, so each step page-faults them
    back in and the kernel zeroes them again. :func:`keep_freed_memory` raises glibc's mmap and trim thresholds
@@ -22,8 +23,10 @@ function here and its one call in the engine; nothing else changes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -47,20 +50,24 @@ class NarrowBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
-def apply_to_model(model: nn.Module, device: torch.device) -> int:
-    """On CPU, turn every narrow ``nn.BatchNorm2d`` of ``model`` into a :class:`NarrowBatchNorm2d` in place.
+@contextlib.contextmanager
+def narrow_batchnorm(model: nn.Module, device: torch.device) -> Iterator[int]:
+    """On CPU, run every narrow ``nn.BatchNorm2d`` of ``model`` as a :class:`NarrowBatchNorm2d` inside the block.
 
-    Only the class of each module changes (its tensors and state-dict keys stay), so checkpoints are unaffected.
-    Returns how many modules were changed (0 on other devices).
+    Only the class of each module changes (its tensors and state-dict keys stay), and it is changed back on leaving
+    the block, so the caller's model is the same object of the same classes afterwards. Yields how many modules
+    run as the workaround (0 on other devices).
     """
-    if torch.device(device).type != "cpu":
-        return 0
-    changed = 0
-    for m in model.modules():
-        if type(m) is nn.BatchNorm2d and m.num_features < NarrowBatchNorm2d.narrow:
-            m.__class__ = NarrowBatchNorm2d
-            changed += 1
-    return changed
+    swapped = []
+    if torch.device(device).type == "cpu":
+        swapped = [m for m in model.modules() if type(m) is nn.BatchNorm2d and m.num_features < NarrowBatchNorm2d.narrow]
+    for m in swapped:
+        m.__class__ = NarrowBatchNorm2d
+    try:
+        yield len(swapped)
+    finally:
+        for m in swapped:
+            m.__class__ = nn.BatchNorm2d
 
 
 def keep_freed_memory() -> bool:

@@ -22,7 +22,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from crlearn.data.errors import DataError
 from crlearn.training.checkpoint import atomic_write_json, fresh_path
 from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_dir, read_labels
-from crlearn.training.engine import fit
+from crlearn.training.engine import fit, seeded
 from crlearn.inference import evaluate, predict
 from crlearn.nn.model import CRNet
 from crlearn.training.config import PROFILES, resolve_profile
@@ -164,8 +164,8 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
     out = fresh_path(out, explicit=True, force=force, is_dir=True) if out is not None else None
     parts = load_parts(data_folders(data), prof.merge, classes, merge, cfg.normalize, seed)
     names = parts[0].full.class_names
-    torch.manual_seed(cfg.seed)
-    model = CRNet(prof.model_config(num_classes=len(names), **({"variant": variant} if variant else {})))
+    with seeded(cfg.seed, device):  # the initial weights; the caller's generators are left as they were
+        model = CRNet(prof.model_config(num_classes=len(names), **({"variant": variant} if variant else {})))
     if log:
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
             f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
