@@ -71,3 +71,14 @@ def test_stored_notebooks_hold_no_execution_timestamps():
     for path in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         assert not [i for i, c in enumerate(cells) if "execution" in c.get("metadata", {})], path.name
+
+
+def test_environment_yml_lists_pyprojects_dependencies_and_notebooks_extra():
+    import re
+
+    tomllib = __import__("pytest").importorskip("tomllib")
+    root = PACKAGE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    want = project["dependencies"] + project["optional-dependencies"]["notebooks"] + ["-e ."]
+    pip = re.findall(r"^\s{6}- (.+)$", (root / "environment.yml").read_text(), flags=re.M)
+    assert pip == want

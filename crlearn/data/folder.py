@@ -40,7 +40,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from crlearn.data.errors import DataError
-from crlearn.data.paths import DEFAULT_DATA, default_data_dir  # noqa: F401 (re-exported)
+from crlearn.data.paths import DEFAULT_DATA, default_data_dir, not_found  # noqa: F401 (re-exported)
 from crlearn.data.augment import AUGMENTATIONS, augment_pair
 from crlearn.data.labels import (  # noqa: F401 (the class names are re-exported: a data set is where readers look for them)
     BACKGROUND,
@@ -165,7 +165,7 @@ def scan_folder(root: str | Path, require_masks: bool = True) -> list[SliceRecor
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: data folder not found")
+        raise DataError(not_found(root))
     img_dir, mask_dir = root / "images", root / "masks"
     if not img_dir.is_dir():
         raise DataError(f"{root}: no images/ sub-folder (expected images/NAME.png and masks/NAME.png)")

@@ -27,3 +27,12 @@ def default_data_dir() -> Path:
 def default_classification_dir() -> Path:
     """The bundled SARS-CoV-2 CT set (``data_sample/sarscov2_ct``)."""
     return bundled(DEFAULT_CLASSIFICATION_DATA)
+
+
+def not_found(root: Path | str) -> str:
+    """The message for a data folder that does not exist; for a bundled set, how to get it (the data travel with a
+    clone of the repository, not with the installed package)."""
+    hint = ""
+    if str(root).replace("\\", "/").rstrip("/").endswith((DEFAULT_DATA, DEFAULT_CLASSIFICATION_DATA, LUNG_DATA)):
+        hint = " (the bundled data come with a clone: git clone the repository, then pip install -e . inside it)"
+    return f"{root}: data folder not found{hint}"

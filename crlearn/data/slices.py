@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from crlearn.data.errors import DataError
-from crlearn.data.paths import DEFAULT_CLASSIFICATION_DATA, default_classification_dir  # noqa: F401 (re-exported)
+from crlearn.data.paths import DEFAULT_CLASSIFICATION_DATA, default_classification_dir, not_found  # noqa: F401 (re-exported)
 from crlearn.data.augment import AUGMENTATIONS, apply_view
 from crlearn.data.folder import (
     GROUP_COLUMNS,
@@ -121,7 +121,7 @@ class ClassificationDataset(Dataset):
         self.root, self.size, self.augment, self.fit = Path(root), size, augment, fit
         self.normalize = check_normalization(normalize)
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: data folder not found")
+            raise DataError(not_found(self.root))
         rows = read_class_index(self.root)
         rows = [rows[int(i)] for i in indices] if indices is not None else rows
         self.names = [r[0] for r in rows]
