@@ -142,8 +142,8 @@ def test_train_step_refuses_what_a_capture_cannot_take():
         fastpath.DeviceBatches([(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4))], 0, True, CPU)
 
 
-def test_the_full_profile_takes_the_graph_route_and_quick_the_teaching_loop():
-    assert PROFILES["full"].train_config().fast == "graph"
+def test_both_profiles_take_the_teaching_loop_until_a_gpu_measures_the_fast_route():
+    assert PROFILES["full"].train_config().fast == "off"
     assert PROFILES["quick"].train_config().fast == "off"
     with pytest.raises(ValueError, match="fast"):
         TrainConfig(fast="turbo")

@@ -46,6 +46,8 @@ class TrainConfig:
     normalize: str = "none"  # per-slice intensity normalisation of the data (crlearn.data.folder.normalize_intensity)
     fast: str = "off"  # the training step's route (crlearn.training.fastpath): "off" (the teaching loop), "eager", "graph" or
     # "compile"; the last two only on CUDA (elsewhere they run as "eager"). Same batches and steps, only faster.
+    intensity_augment: bool = False  # random brightness, contrast, gamma, noise (crlearn.data.augment; this project's)
+    scale_augment: bool = False  # random zoom and shift of image and mask (crlearn.data.augment; this project's)
 
     def __post_init__(self) -> None:
         if self.size < 32 or self.size % 32:
@@ -59,6 +61,9 @@ class TrainConfig:
             raise ValueError(f"ema must be a decay in (0, 1) or None, got {self.ema}")
         if self.fast not in FAST_MODES:
             raise ValueError(f"fast must be one of {list(FAST_MODES)}, got {self.fast!r}")
+        if (self.intensity_augment or self.scale_augment) and self.fast != "off":
+            raise ValueError("intensity_augment and scale_augment draw new jitter every epoch: they need fast='off' "
+                             "(the fast route reads every sample once)")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}")
 
@@ -89,10 +94,10 @@ PROFILES: dict[str, Profile] = {
         train=dict(size=128, epochs=17, batch_size=8, lr=6e-3, schedule="onecycle", patience=100, ema=0.98),
         merge=True,
     ),
-    # The paper: width 1.0, 512 px, Adam 3e-4, batch 8, up to 200 epochs, early stopping. fast="graph": the same
-    # training with the whole step replayed as one CUDA graph (crlearn.training.fastpath); on a CPU it runs as "eager".
-    "full": Profile("full", model=dict(), train=dict(size=512, epochs=200, batch_size=8, lr=3e-4, patience=20,
-                                                     fast="graph")),
+    # The paper: width 1.0, 512 px, Adam 3e-4, batch 8, up to 200 epochs, early stopping. The teaching loop
+    # (fast="off"): the faster routes of crlearn.training.fastpath become the default only when a GPU run measures
+    # them faster with the same history (results/README.md, "Speed").
+    "full": Profile("full", model=dict(), train=dict(size=512, epochs=200, batch_size=8, lr=3e-4, patience=20)),
 }
 
 

@@ -1,6 +1,6 @@
 """The cross-data-set lesson, measured: train on one bundled set (or both), evaluate on both sets' splits.
 
-    python results/cross_dataset.py results/cross_dataset.json [--rows a b c d g e f h]
+    python scripts/cross_dataset.py results/cross_dataset.json [--rows a b c d g e f h]
 
 Quick profile, seed 0, the task ``infection`` (MedSeg: the union of GGO, consolidation and effusion; the lung set:
 its declared infection class), test-time augmentation on. Every model is evaluated with

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Notebooks 04, 07, 08 in the full profile with shortened time caps.
-# Usage, from the repository root: results/gpu_h200_notebooks.sh OUT_DIR [SITE_DIR]
+# Usage, from the repository root: scripts/gpu_h200_notebooks.sh OUT_DIR [SITE_DIR]
 #   OUT_DIR: output folder (log2.txt, figs/: the notebooks' figures); SITE_DIR: where to install the wheels of ./.whl
 #   (default: a new folder from mktemp -d). Needs ./.whl: wheels of segmentation_models_pytorch, pytorch_msssim, and
 #   ipywidgets with its dependencies (the GPU machine has no network).
@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 mkdir -p "$OUT" "$SITE" "$FIGS"
 L=$OUT/log2.txt
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl && export PYTHONPATH=$SITE:$PWD
-run() { echo "===== $1 ($(date +%T))" | tee -a "$L"; timeout $2 python3 results/run_notebook_as_script.py notebooks/$1 "$FIGS" "$3" 2>&1 | grep -v "^---- cell" | tee -a "$L"; echo "rc ${PIPESTATUS[0]}" | tee -a "$L"; }
+run() { echo "===== $1 ($(date +%T))" | tee -a "$L"; timeout $2 python3 scripts/run_notebook_as_script.py notebooks/$1 "$FIGS" "$3" 2>&1 | grep -v "^---- cell" | tee -a "$L"; echo "rc ${PIPESTATUS[0]}" | tee -a "$L"; }
 run 04_refinement_module.ipynb 50 '"max_minutes": 2.0}=>"max_minutes": 0.25}'
 run 07_ablation.ipynb 85 'max_minutes=2.0)=>max_minutes=0.15)'
 run 08_lesion_burden.ipynb 70 'max_minutes=5)=>max_minutes=0.5)'

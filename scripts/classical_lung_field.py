@@ -1,6 +1,6 @@
 """The classical image-only lung field (crlearn.tasks.lung_field) against expert lung masks.
 
-Usage: python results/classical_lung_field.py DATA_DIR OUT_JSON
+Usage: python scripts/classical_lung_field.py DATA_DIR OUT_JSON
 
 For every slice of a folder whose labels declare ``lung`` and ``infection`` (data_sample/covid19_ct_lung_infection):
 Dice of the image-only lung field against the true lung field, and the lesion/lung ratio it gives (field united

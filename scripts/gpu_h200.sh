@@ -1,6 +1,6 @@
 #!/bin/bash
 # One GPU session: CUDA tests, model and SSIM benchmarks, notebook 06 (full profile, time-capped), ablation (full).
-# Usage, from the repository root: results/gpu_h200.sh OUT_DIR [SITE_DIR]
+# Usage, from the repository root: scripts/gpu_h200.sh OUT_DIR [SITE_DIR]
 #   OUT_DIR: output folder (log.txt, nb06/, ablate/); SITE_DIR: where to install the wheels of ./.whl (default: a
 #   new folder from mktemp -d). Needs ./.whl: wheels of segmentation_models_pytorch and pytorch_msssim (the GPU machine has no
 #   network).
@@ -25,7 +25,7 @@ step bench-ssim
 timeout 40 python3 -m crlearn.cli.main bench ssim --steps 20 2>&1 | tail -12 | tee -a "$L"
 step nb06
 mkdir -p "$OUT/nb06"
-timeout 140 python3 results/run_notebook_as_script.py notebooks/06_train_full_model.ipynb "$OUT/nb06" "max_minutes=8=>max_minutes=1.0" 2>&1 | tee -a "$L"
+timeout 140 python3 scripts/run_notebook_as_script.py notebooks/06_train_full_model.ipynb "$OUT/nb06" "max_minutes=8=>max_minutes=1.0" 2>&1 | tee -a "$L"
 step ablate
 timeout 270 python3 -m crlearn.cli.main ablate --profile full --max-minutes 0.7 --quiet --out "$OUT/ablate" 2>&1 | tee -a "$L"
 step done

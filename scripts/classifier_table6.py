@@ -1,7 +1,7 @@
 """Table 6 measured over five group folds: the segmentation encoder frozen (the paper's), fine-tuned, or a fresh
 encoder trained from scratch, each with the same pooling + linear head, split, seed and epoch budget.
 
-    python results/classifier_table6.py results/classifier_table6.json [--folds 5] [--encoder SEG.pt]
+    python scripts/classifier_table6.py results/classifier_table6.json [--folds 5] [--encoder SEG.pt]
 
 Quick profile on the CPU. Stage 1 (one segmenter, trained once on the MedSeg sample with the quick profile and
 seed 0, unless ``--encoder`` gives one) is shared by the frozen and fine-tuned rows of every fold: the

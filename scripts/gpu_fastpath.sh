@@ -4,7 +4,7 @@
 # TFLOP/s beside the GPU's dense bf16 peak), then Table 7 over five group folds with the full profile (512 px, the
 # graph step, early stopping), each row capped at $EPOCHS epochs.
 #
-# Usage, from the repository root:  results/gpu_fastpath.sh OUT_DIR
+# Usage, from the repository root:  scripts/gpu_fastpath.sh OUT_DIR
 #   Everything goes to OUT_DIR (at most 8 files, as the device tool brings back): log.txt, bench_model.md,
 #   bench_model.json, ablation_full_5fold_<gpu>/ablation.{json,md,png}. Copy them into results/ afterwards.
 # Settings (environment variables):
@@ -13,7 +13,7 @@
 #   BUDGET=570       seconds for the whole script; each stage gets at most what is left (device runs end at 600 s)
 #   STAGES="env tests bench ablate compile"  the stages to run, in this order
 # The SMP U-Net baseline needs ./.whl: wheels of segmentation_models_pytorch (and pytorch_msssim for the tests), as
-# results/gpu_h200.sh; the GPU machine has no network. Without them the bench skips SMP and says so. Best run on the
+# scripts/gpu_h200.sh; the GPU machine has no network. Without them the bench skips SMP and says so. Best run on the
 # nvidia-h200 kind: batch 32 at 512 px keeps an eager step's and a captured graph's activations at once.
 set -u
 if [ $# -ne 1 ]; then
