@@ -33,6 +33,7 @@ from crlearn.losses import ssim_loss
 from crlearn.metrics import segmentation_scores
 from crlearn.nn.model import VARIANTS, CRNet, CRNetConfig
 from crlearn.training.device import pick_device
+from crlearn.training.engine import cudnn_benchmark
 from crlearn.report import markdown_table, peak_note, peak_tflops
 
 __all__ = ["SMP_LABEL", "bench_gate", "bench_model", "bench_ssim", "bench_table", "count_flops"]
@@ -173,7 +174,7 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_sizes: Sequence[in
             (``torch.compile``, reduce-overhead). Default: eager and graph on CUDA, eager elsewhere.
         verbose: print the table row by row as it is measured.
 
-    On CUDA the models run under bf16 autocast with ``torch.backends.cudnn.benchmark`` on, as ``fit`` trains. The
+    On CUDA the models run under bf16 autocast with cuDNN autotuning on (restored after), as ``fit`` trains. The
     modes of one model are interleaved on the same model and optimiser; the models run one after another (each
     captured graph holds a step's activations). FLOPs are counted once per model and size (:func:`count_flops`), so
     TFLOP/s compares how well each network and route use the hardware; ``peak_tflops`` is the physical limit.
@@ -192,29 +193,33 @@ def bench_model(sizes: Sequence[int] = (128, 256, 512), batch_sizes: Sequence[in
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = pick_device(device)
     modes = _check_modes(modes, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as fit() trains; every model alike
     models = _bench_models(variants, width, verbose)
     if verbose:
         print(f"device: {device} ({peak_note(device)}), torch threads: {torch.get_num_threads()}, batch sizes: "
               f"{list(batch_sizes)}, modes: {list(modes)}, channels_last: {channels_last}")
         print(bench_table([]), flush=True)
-    rows = []
-    for size in sizes:
-        for batch_size in batch_sizes:
-            smp_s: dict[str, float] = {}
-            for key, (label, model) in models.items():
-                case = _Case(model, size, batch_size, device, channels_last, modes)
-                times = dict(zip(modes, _interleaved_times([case.timer(m) for m in modes], device, steps, warmup)))
-                smp_s = times if key == "smp" else smp_s
-                for mode, step_s in times.items():
-                    rows.append({"model": label, "variant": key, "size": size,
-                                 **case.row(mode, step_s, times.get("eager"), smp_s.get(mode))})
-                    if verbose:
-                        print(bench_table(rows[-1:]).splitlines()[-1], flush=True)
-                del case  # free the optimiser state, the batch and the captured graphs before the next
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    with cudnn_benchmark(device):  # as fit() trains, every model alike; the caller's setting restored after
+        return [row for size in sizes for batch_size in batch_sizes
+                for row in _time_models(models, size, batch_size, device, channels_last, modes, steps, warmup, verbose)]
+
+
+def _time_models(models: dict[str, tuple[str, nn.Module]], size: int, batch_size: int, device: torch.device,
+                 channels_last: bool, modes: Sequence[str], steps: int, warmup: int, verbose: bool) -> list[dict]:
+    """:func:`bench_model`'s rows for one input and batch size: every model, every mode, SMP's first."""
+    rows: list[dict] = []
+    smp_s: dict[str, float] = {}
+    for key, (label, model) in models.items():
+        case = _Case(model, size, batch_size, device, channels_last, modes)
+        times = dict(zip(modes, _interleaved_times([case.timer(m) for m in modes], device, steps, warmup)))
+        smp_s = times if key == "smp" else smp_s
+        for mode, step_s in times.items():
+            rows.append({"model": label, "variant": key, "size": size,
+                         **case.row(mode, step_s, times.get("eager"), smp_s.get(mode))})
+            if verbose:
+                print(bench_table(rows[-1:]).splitlines()[-1], flush=True)
+        del case  # free the optimiser state, the batch and the captured graphs before the next
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,8 @@ from crlearn.training.config import PROFILES
 from crlearn.nn.refine import RefineModule
 from crlearn.tasks.lung_field import ct_score_band, lesion_ratio
 from crlearn.data.splits import split_by_group
+from crlearn.data.volumes import Volume
+from crlearn.data.windowing import LUNG, MEDIASTINAL, window
 
 
 def check(exercise_id: str, answer: Any) -> None:
@@ -331,6 +334,24 @@ def pooled_patient_percent(answer: Any) -> None:
             "slices before it divides; it does not average the slice ratios", tol=0.005)
 
 
+# ----------------------------------------------------------------------------- 11 CT volumes
+
+
+def lesion_millilitres(answer: Any) -> None:
+    """11.1: millilitres of 20,000 lesion voxels of 0.7 x 0.7 x 1.25 mm (rows, columns, slices)."""
+    voxel_ml = Volume(np.zeros((1, 1, 1), np.float32), (1.25, 0.7, 0.7)).voxel_ml
+    _expect(answer, 20_000 * voxel_ml, "a voxel's volume is the product of its three sides in mm³, and 1 mL is "
+            "1,000 mm³", tol=1e-3)
+
+
+def ground_glass_grey_levels(answer: Any) -> None:
+    """11.2: the grey level in [0, 1] of ground glass at -450 HU in the lung window, then in the mediastinal window."""
+    lung, mediastinal = _pair(answer, "(lung window, mediastinal window)")
+    _expect(lung, float(window(-450.0, *LUNG)), "level - width / 2 maps to 0 and level + width / 2 to 1", tol=1e-3)
+    _expect(mediastinal, float(window(-450.0, *MEDIASTINAL)), "the mediastinal window starts at 40 - 400 / 2 HU; "
+            "anything below it is black", tol=1e-3)
+
+
 EXERCISES: dict[str, Callable[[Any], None]] = {
     "00.1": augmented_epoch,
     "00.2": effusion_weight,
@@ -354,6 +375,8 @@ EXERCISES: dict[str, Callable[[Any], None]] = {
     "09.2": pooled_patient_percent,
     "10.1": any_slice_false_alarm,
     "10.2": occlusion_forward_passes,
+    "11.1": lesion_millilitres,
+    "11.2": ground_glass_grey_levels,
 }
 """Exercise id ("NN.k": notebook NN, question k) -> checker, which raises ``AssertionError`` with a hint when the
 answer is wrong. One short function each."""

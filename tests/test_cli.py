@@ -113,7 +113,7 @@ def test_cli_train_is_the_library_run(small_data, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["train", "--data", str(small_data), "--profile", "quick", "--epochs", "3", "--bce-only", "--no-tta",
               "--device", "cpu", "--out", str(tmp_path / "r")])
-    assert seen["data"] == str(small_data) and seen["profile"] == "quick" and seen["device"] == "cpu"
+    assert seen["data"] == str(small_data) and seen["profile"] == "quick" and str(seen["device"]) == "cpu"
     assert seen["epochs"] == 3 and seen["hybrid"] is False and seen["tta"] is False
 
 

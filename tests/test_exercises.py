@@ -70,6 +70,8 @@ WRONG = {  # a plausible mistake for each question
     "09.2": (10 + 1) / 2,  # the mean of the slice ratios
     "10.1": 0.02 * 30,  # the expected number of false-positive slices, not a probability
     "10.2": 16 * 16,  # positions every 8 px from 0 to 120: the square would leave the slice
+    "11.1": 20_000 * 0.7 * 0.7 * 1.25,  # mm³, not mL
+    "11.2": (0.4, 0.0),  # measured from the top of the lung window, not its bottom
 }
 
 

@@ -177,3 +177,31 @@ def test_classifier_images_of_another_length_are_refused():
     with pytest.raises(ValueError, match="same 2 slices"):
         gated_predict(CRNet(CRNetConfig(**TINY)), BrightIsCovid(), stack([1, 0]), SIZE, "cpu",
                       classifier_images=stack([1]))
+
+
+def test_cli_predict_gates_at_the_classifiers_chosen_threshold_unless_told(tmp_path, capsys):
+    import copy
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from crlearn.cli.main import main
+    from crlearn.tasks.classifier import save_classifier
+    from crlearn.training.checkpoint import save_checkpoint
+    from crlearn.training.config import TrainConfig
+
+    segmenter = CRNet(CRNetConfig(num_classes=1, **TINY))
+    save_checkpoint(tmp_path / "seg.pt", segmenter, ["infection"], TrainConfig(size=SIZE))
+    classifier = EncoderClassifier(copy.deepcopy(segmenter.coarse.encoder))
+    with torch.no_grad():  # P(COVID) = 0.6 on every slice
+        classifier.head.weight.zero_()
+        classifier.head.bias.copy_(torch.tensor([0.0, math.log(0.6 / 0.4)]))
+    save_classifier(tmp_path / "cls.pt", classifier, "frozen", size=32, fit="pad", normalize="none", threshold=0.7)
+    image = tmp_path / "s1.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(image)
+    for extra, expected in (([], "at P(COVID) >= 0.7: 0 segmented"), (["--threshold", "0.5"], ">= 0.5: 1 segmented")):
+        out = tmp_path / f"pred{len(extra)}"
+        assert main(["predict", "--checkpoint", str(tmp_path / "seg.pt"), str(image), "--no-tta", "--classifier",
+                     str(tmp_path / "cls.pt"), "--out", str(out), *extra]) == 0
+        assert expected in capsys.readouterr().out

@@ -10,6 +10,8 @@ and prints; the work is done by :func:`crlearn.training.run.run`, :func:`crlearn
     crlearn ablate [--folds K] [--profile P] [--classify [DIR]] [--out DIR]
     crlearn bench model|ssim [options]
     crlearn classify train|evaluate [options]   (the slice classifier of §2.8: crlearn.cli.classify)
+    crlearn predict --checkpoint RUN/best.pt SCAN.nii.gz|DICOM_DIR [--window W] [--out DIR]   (crlearn.cli.volume)
+    crlearn convert SCAN.nii.gz|DICOM_DIR ... [--masks MASK.nii.gz ...] --out DIR [--window W]   (crlearn.cli.volume)
 
 Bad input ends with a one-line error and exit code 2. Default output paths never overwrite anything (a numeric
 suffix is added); an explicit ``--out`` that already exists needs ``--force``.
@@ -58,21 +60,36 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from crlearn.metrics import format_table
     from crlearn.training.config import resolve_profile
+    from crlearn.training.distributed import process_group
     from crlearn.training.run import RUN_FILES, run
+    from crlearn.cli.cv import cv_before_training, write_cv
 
     profile = resolve_profile(args.profile)
-    overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes")
+    overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes", "fast")
                  if getattr(args, k) is not None}
     if args.bce_only:
         overrides["hybrid"] = False
     data = args.data[0] if len(args.data) == 1 else args.data  # one folder: a path, as before
-    result = run(data, profile=profile, classes=args.classes, merge=True if args.merge else None,
-                 variant=args.variant, out=_out(args, f"runs/train-{profile}"), force=args.force,
-                 resume=args.resume, device=args.device, seed=args.seed, tta=args.tta, progress=not args.quiet,
-                 log=lambda line: print(f"crlearn train: {line}", flush=True), normalize=args.normalize, **overrides)
-    n_test = len(result.metrics["split"]["test"])
-    print(f"test split ({n_test} slices), pooled at original resolution{_tta_note(args.tta)}:")
-    print(format_table(result.test))
+    folds = cv_before_training(args) if args.folds > 1 else None  # crlearn.cli.cv: the CV table, printed
+    if folds is not None and args.split == "all" and args.epochs is None:
+        overrides["epochs"] = folds["chosen_epochs"]  # the epoch count the folds' validation parts chose
+    with process_group(args.device) as launch:  # under torchrun: one process per device; else a no-op
+        result = run(data, profile=profile, classes=args.classes, merge=True if args.merge else None,
+                     variant=args.variant, out=_out(args, f"runs/train-{profile}"), force=args.force,
+                     resume=args.resume, device=launch.device, seed=args.seed, tta=args.tta, progress=not args.quiet,
+                     log=lambda line: print(f"crlearn train: {line}", flush=True), normalize=args.normalize,
+                     split=args.split, **overrides)
+    if not launch.is_main:  # rank 0 reports for all
+        return 0
+    if folds is not None:
+        write_cv(result.out, folds)
+    if result.test is None:  # --split all
+        print("every patient trained (--split all): no test part; quote the cross-validation's numbers "
+              "(crlearn cv, or crlearn train --folds K)")
+    else:
+        n_test = len(result.metrics["split"]["test"])
+        print(f"test split ({n_test} slices), pooled at original resolution{_tta_note(args.tta)}:")
+        print(format_table(result.test))
     print(f"wrote {result.out}/: {' '.join(RUN_FILES)}")
     print(DISCLAIMER)
     return 0
@@ -108,7 +125,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from crlearn.tasks.gate import area_rows, predict_files
     from crlearn.report import save_figure
     from crlearn.viz import plot_overlays
+    from crlearn.cli.volume import is_scan_input, predict_scan
 
+    if args.threshold is None:  # the any-slice threshold the classifier's run chose (kept in its best.pt)
+        from crlearn.tasks.classifier import checkpoint_threshold, load_classifier
+
+        args.threshold = (checkpoint_threshold(load_classifier(args.classifier)[1]) if args.classifier
+                          else choices.THRESHOLD)
+    if is_scan_input(args.images):  # one CT volume (NIfTI file or DICOM folder): the whole scan
+        return predict_scan(args)
     model, ckpt, device = _load_model(args)
     classifier, cls_ckpt = (None, None)
     if args.classifier is not None:
@@ -190,7 +215,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     out = _out(args, f"runs/ablate-{profile}")
     result = run_ablation(args.data, profile, folds=args.folds, seed=args.seed, epochs=args.epochs,
                           max_minutes=args.max_minutes, device=args.device, progress=not args.quiet, tta=args.tta,
-                          classify_data=args.classify)
+                          classify_data=args.classify, fast=args.fast)
     result.pop("models")
     out.mkdir(parents=True, exist_ok=True)
     md = ablation_markdown(result)
@@ -284,8 +309,16 @@ def _train_parser(sub: Any) -> None:
     t.add_argument("--size", type=int, default=None, help="override the profile's input size (multiple of 32)")
     t.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")
     t.add_argument("--lr", type=float, default=None, help="override the profile's (peak) learning rate")
+    t.add_argument("--fast", choices=["off", "eager", "graph", "compile"], default=None,
+                   help="override the profile's training-step route (full: graph); under torchrun use off")
     _add_budget(t, "stop training after this many minutes")
     t.add_argument("--resume", default=None, help="continue the run of a last.pt checkpoint")
+    t.add_argument("--split", choices=["holdout", "all"], default="holdout",
+                   help="holdout (default): the paper's 70/10/20 by patient, test metrics printed; all: every patient "
+                        "trains for the profile's (or the CV-chosen) epochs, no validation, the last epoch kept")
+    t.add_argument("--folds", type=int, default=1,
+                   help="K > 1: first cross-validate the recipe on K patient folds (table printed, cv.json written); "
+                        "with --split all its chosen epoch count is used unless --epochs is given")
     _add_model_run(t, "run folder (default: runs/train-<profile>, or the first free runs/train-<profile>-N)")
     t.set_defaults(func=cmd_train)
 
@@ -299,13 +332,18 @@ def _eval_parsers(sub: Any) -> None:
 
     pr = sub.add_parser("predict", help="overlays and lesion areas for images, at the checkpoint's input size")
     pr.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
-    pr.add_argument("images", nargs="+", help="grayscale PNG slices")
+    pr.add_argument("images", nargs="+", help="grayscale PNG slices, or one CT volume in HU: a .nii/.nii.gz file or "
+                                               "a DICOM series folder (writes labels.nii.gz, report.json, montage.png)")
     pr.add_argument("--classifier", default=None,
                     help="a classifier best.pt (crlearn classify train): segment only the slices it calls COVID-19 "
                          "(paper §2.8); areas.csv gains p_covid and segmented columns")
-    pr.add_argument("--threshold", type=float, default=choices.THRESHOLD,
-                    help=f"with --classifier: segment a slice when P(COVID) >= this (default {choices.THRESHOLD})")
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="with --classifier: segment a slice when P(COVID) >= this (default: the threshold the "
+                         f"classifier's run chose for its any-slice rule, kept in its best.pt; else {choices.THRESHOLD})")
     _add_model_run(pr, "folder for areas.csv and the overlays (default: runs/predict)", quiet=False)
+    from crlearn.cli.volume import add_scan_options
+
+    add_scan_options(pr)  # --window, for a CT volume
     pr.set_defaults(func=cmd_predict)
 
     bu = sub.add_parser("burden", help="lesion / lung area per slice and patient against the truth (paper §3.4)")
@@ -323,6 +361,8 @@ def _eval_parsers(sub: Any) -> None:
     _add_profile(a)
     a.add_argument("--folds", type=int, default=None, help="repeat over K group folds: mean ± std")
     a.add_argument("--epochs", type=int, default=None, help="cap every row's epochs")
+    a.add_argument("--fast", choices=["off", "eager", "graph", "compile"], default=None,
+                   help="the training step's route (default: the profile's; graph and compile need CUDA)")
     a.add_argument("--classify", nargs="?", const=str(default_classification_dir()), default=None, metavar="DIR",
                    help="add Table 7's classification accuracy: each row's encoder, frozen, under a linear head "
                         "trained and tested on a labelled folder's group split (default DIR: data_sample/sarscov2_ct)")
@@ -367,6 +407,7 @@ EXAMPLES = """examples:
   crlearn predict --checkpoint runs/train-quick/best.pt data_sample/medseg_covid100/images/*.png
   crlearn ablate --folds 3                        # Table 7
   crlearn classify train                          # the slice classifier of section 2.8
+  crlearn predict --checkpoint runs/train-quick/best.pt scan.nii.gz   # a whole CT volume (or a DICOM folder)
   crlearn SUBCOMMAND --help                       # the options of one command"""
 
 
@@ -398,12 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
     from crlearn.cli.classify import add_classify_parser
 
     add_classify_parser(sub)
+    from crlearn.cli.cv import add_parser as add_cv_parser  # cv: patient-level K-fold cross-validation
+    add_cv_parser(sub)
+    from crlearn.cli.volume import add_parser as add_convert_parser
+
+    add_convert_parser(sub)  # convert: CT volumes to a PNG data folder
+    from crlearn.cli.compare import add_parser as add_compare_parser
+
+    add_compare_parser(sub)  # compare: Table 4, U-Net / U-Net++ / CR-Net
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
     from crlearn.training.checkpoint import OutputExistsError
+    from crlearn.training.distributed import error_line, rank_label
     from crlearn.training.perf import keep_freed_memory
 
     keep_freed_memory()  # faster CPU steps, process-wide: only the command does this (crlearn.training.perf)
@@ -412,12 +462,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("default")
             return args.func(args)
     except (ValueError, OutputExistsError) as exc:  # DataError, CheckpointError and bad settings included
-        print(f"crlearn {args.command}: error: {exc}", file=sys.stderr)
+        print(f"crlearn {args.command}: error{rank_label()}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (continue a training run with --resume RUN/last.pt)" if args.command in ("train", "classify") else ""
-        print(f"crlearn {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"crlearn {args.command}: interrupted{rank_label()}{hint}", file=sys.stderr)
         return 130
+    except Exception as exc:  # under torchrun: one line naming the rank instead of a traceback from every rank
+        if not rank_label():
+            raise
+        print(f"crlearn {args.command}: {error_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

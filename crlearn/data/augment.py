@@ -32,3 +32,77 @@ def augment_pair(image: torch.Tensor, mask: torch.Tensor, kind: str) -> tuple[to
     """Apply one of the paper's five views (§2.3) identically to an image ``[1,H,W]`` and a mask ``[C,H,W]``:
     :func:`apply_view` on both, so image and mask stay aligned pixel for pixel."""
     return apply_view(image, kind), apply_view(mask, kind)
+
+
+# ----------------------------------------------------------------------------- jitter beside the paper's views
+# This project's choice (issue 20), not the paper's: random intensity and scale jitter of the training samples, on
+# top of the x5 views. Ranges: mild, inside what two CT exports of one scan differ by (window, contrast, noise).
+
+BRIGHTNESS = 0.15  # brightness factor drawn from 1 +- this
+CONTRAST = 0.20  # contrast factor drawn from 1 +- this
+GAMMA = 1.25  # gamma drawn log-uniformly from [1/GAMMA, GAMMA]
+NOISE = 0.03  # standard deviation of added Gaussian noise, drawn uniformly from [0, NOISE]
+SCALE = 0.15  # zoom drawn from 1 +- this, with a shift of up to 5 % of the side
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def intensity_jitter(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random brightness, contrast, gamma (``torchvision.transforms.v2.functional``) and Gaussian noise of an image
+    ``[1,H,W]`` in [0, 1]; every draw from ``generator``. The result stays in [0, 1]; the mask is untouched."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = TF.adjust_brightness(image, _uniform(generator, 1 - BRIGHTNESS, 1 + BRIGHTNESS))
+    x = TF.adjust_contrast(x, _uniform(generator, 1 - CONTRAST, 1 + CONTRAST))
+    x = TF.adjust_gamma(x, GAMMA ** _uniform(generator, -1.0, 1.0))
+    sigma = _uniform(generator, 0.0, NOISE)
+    return (x + sigma * torch.randn(x.shape, generator=generator)).clamp_(0, 1)
+
+
+def scale_jitter(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random zoom and shift (``torchvision.transforms.v2.functional.affine``) of an image ``[1,H,W]``
+    (bilinear) and its mask ``[C,H,W]`` (nearest, as a ``tv_tensors.Mask``: values never mix)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = image.shape[-2:]
+    scale = _uniform(generator, 1 - SCALE, 1 + SCALE)
+    shift = [round(_uniform(generator, -0.05, 0.05) * w), round(_uniform(generator, -0.05, 0.05) * h)]
+    args = dict(angle=0.0, translate=shift, scale=scale, shear=[0.0, 0.0])
+    out = TF.affine(image, interpolation=InterpolationMode.BILINEAR, **args)
+    return out, TF.affine(tv_tensors.Mask(mask), **args).as_subclass(torch.Tensor)
+
+
+class Jittered(torch.utils.data.Dataset):
+    """A training set whose samples get :func:`scale_jitter` and/or :func:`intensity_jitter` as they are read.
+
+    Wraps any dataset of ``(image [1,S,S], mask [C,S,S])`` (e.g. a :class:`crlearn.data.folder.SegmentationDataset`
+    with the x5 views); the draws come from the wrapper's own generator (``seed``), so a run with the same batch
+    order sees the same jitter. Only for loops that read the samples every epoch (``TrainConfig.fast="off"``).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, intensity: bool = True, scale: bool = False,
+                 seed: int = 0):
+        self.dataset, self.intensity, self.scale = dataset, intensity, scale
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.dataset[i]
+        if self.scale:
+            image, mask = scale_jitter(image, mask, self.generator)
+        if self.intensity:
+            image = intensity_jitter(image, self.generator)
+        return image, mask
+
+
+def jittered(dataset: torch.utils.data.Dataset, intensity: bool, scale: bool,
+             seed: int = 0) -> torch.utils.data.Dataset:
+    """``dataset`` itself when neither jitter is asked for, else :class:`Jittered` around it."""
+    return Jittered(dataset, intensity, scale, seed) if intensity or scale else dataset

@@ -136,3 +136,33 @@ class CRNet(nn.Module):
                 f"CRNet expects a (B, {c}, H, W) tensor with H and W divisible by 32 "
                 f"(the encoder down-samples 5 times), got shape {tuple(x.shape)}"
             )
+
+
+# Table 4's baselines (Huang et al. 2022, §3.3), built by build_model from the same CRNetConfig as CR-Net.
+BASELINES = {
+    "plain_unet": "U-Net",  # Ronneberger et al. 2015: crlearn.nn.unet.UNet
+    "unetpp": "U-Net++",  # Zhou et al. 2018: crlearn.nn.unetpp.UNetPlusPlus
+}
+
+
+def build_model(name: str, config: CRNetConfig, **options: Any) -> nn.Module:
+    """A Table 7 row of CR-Net (a key of :data:`VARIANTS`) or a Table 4 baseline (a key of :data:`BASELINES`).
+
+    Every model reads ``config``'s ``in_channels``, ``num_classes`` and ``prior``; a baseline's first level has
+    the width of CR-Net's stem, ``round(64 * config.width)`` channels (64 at full width, 16 in the quick profile),
+    and doubles it at each of its 4 levels. ``options`` go to the baseline's constructor (e.g.
+    ``deep_supervision=True`` for U-Net++). Every model returns an output with ``.final`` logits that the training
+    engine and :func:`crlearn.losses.deep_supervision_loss` take as they take CR-Net's.
+    """
+    if name in VARIANTS:
+        if options:
+            raise ValueError(f"CR-Net's variants take no options, got {sorted(options)}")
+        return CRNet(dataclasses.replace(config, variant=name))
+    if name not in BASELINES:
+        raise ValueError(f"model must be one of {sorted(VARIANTS) + sorted(BASELINES)}, got {name!r}")
+    from crlearn.nn.unet import UNet  # imported here: both modules import CRNetOutput from this one
+    from crlearn.nn.unetpp import UNetPlusPlus
+
+    cls = UNet if name == "plain_unet" else UNetPlusPlus
+    return cls(config.in_channels, config.num_classes, base_width=scaled_widths(config.width)[0],
+               prior=config.prior, **options)

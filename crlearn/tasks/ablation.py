@@ -16,10 +16,12 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from crlearn.data.slices import ClassificationDataset, classification_split
 from crlearn.tasks.classifier import classifier_from_segmenter, evaluate_classifier
@@ -28,7 +30,7 @@ from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_
 from crlearn.training.engine import fit
 from crlearn.inference import evaluate
 from crlearn.nn.model import CRNet
-from crlearn.training.config import PROFILES
+from crlearn.training.config import PROFILES, TrainConfig
 from crlearn.training.device import pick_device
 from crlearn.report import DISCLAIMER, hardware, markdown_table
 from crlearn.data.splits import group_folds, split_by_group
@@ -86,6 +88,47 @@ def classification_scores(segmenter: CRNet, task: ClassifyTask, device: str | to
     return {"cls_accuracy": scores["accuracy"], "cls_auc": scores["auc"]}
 
 
+def fold_sets(full: SegmentationDataset, split: dict[str, list[int]], cfg: TrainConfig
+              ) -> tuple[SegmentationDataset, SegmentationDataset, SegmentationDataset]:
+    """A split's parts of a data set loaded once at its own resolution: train (at ``cfg.size``, x5-augmented when
+    ``cfg.augment``), validation (at ``cfg.size``) and test (original resolution, where metrics are computed)."""
+    return (full.subset(split["train"], size=cfg.size, augment=cfg.augment), full.subset(split["val"], size=cfg.size),
+            full.subset(split["test"]))
+
+
+def train_fresh(make_model: Callable[[], nn.Module], cfg: TrainConfig, train_set: Dataset, val_set: Dataset,
+                names: Sequence[str], device: str | torch.device | None = None, progress: bool = True
+                ) -> tuple[nn.Module, dict[str, list[float]], float]:
+    """Build a model with initial weights drawn from ``cfg.seed`` (the same weights for the layers that rows
+    share; the caller's generator is left as it was) and :func:`~crlearn.training.engine.fit` it:
+    ``(model, history, training seconds)``. One training run of every row and fold here and in
+    :mod:`crlearn.tasks.compare` (Table 4)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = make_model()
+    t0 = time.perf_counter()
+    hist = fit(model, train_set, val_set, cfg, names, device=device, progress=progress)
+    return model, hist, time.perf_counter() - t0
+
+
+def _fold_rows(full: SegmentationDataset, split: dict[str, list[int]], prof: Any, overrides: dict[str, Any],
+               rows: Sequence[AblationRow], names: Sequence[str], device: torch.device, progress: bool, tta: bool,
+               task: ClassifyTask | None) -> Iterator[tuple[AblationRow, dict[str, Any], CRNet]]:
+    """Every row trained and scored on one split: ``(row, its scores on the split's test part, the model on the
+    CPU)``, row by row."""
+    train_set, val_set, test_set = fold_sets(full, split, prof.train_config(**overrides))
+    for row in rows:
+        cfg = prof.train_config(**overrides, hybrid=row.hybrid)
+        model, hist, seconds = train_fresh(
+            lambda: CRNet(prof.model_config(num_classes=1, variant=row.variant)),  # noqa: B023 (called at once)
+            cfg, train_set, val_set, names, device, progress)
+        scores = {**evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS],
+                  "seconds": seconds, "epochs": len(hist["epoch"])}
+        if task is not None:
+            scores.update(classification_scores(model, task, device, progress))
+        yield row, scores, model.cpu()
+
+
 def run_ablation(
     data: str | Path | None = None,
     profile: str = "quick",
@@ -98,10 +141,12 @@ def run_ablation(
     progress: bool = True,
     tta: bool = True,
     classify_data: str | Path | None = None,
+    fast: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every row; returns ``{"rows": [...], "profile": ..., "hardware": ..., ...}``.
 
-    ``epochs`` and ``max_minutes`` cap every row's training (the same cap for all rows); they are recorded.
+    ``epochs`` and ``max_minutes`` cap every row's training (the same cap for all rows); they are recorded, as is
+    ``fast``, the training step's route (:class:`~crlearn.training.config.TrainConfig`; ``None``: the profile's).
     Each row reports the pooled test Dice of the infection class, and also IoU, precision, recall and
     boundary F1, evaluated with test-time augmentation unless ``tta=False``; ``models`` (not saved to JSON)
     keeps the trained models of the last fold for inspection.
@@ -110,45 +155,34 @@ def run_ablation(
     skips it) adds Table 7's accuracy column: :func:`classification_scores` of each trained model on the run's one
     :func:`classification_task` (``epochs`` does not cap the head): ``cls_accuracy``, ``cls_auc``, ``classify``.
     """
+    t_wall = time.perf_counter()
     prof = PROFILES[profile]
     device = pick_device(device)
-    caps = {"epochs": epochs, "max_minutes": max_minutes}
+    caps = {"epochs": epochs, "max_minutes": max_minutes, "fast": fast}
     overrides: dict[str, Any] = {"seed": seed, **{k: v for k, v in caps.items() if v is not None}}
     base_cfg = prof.train_config(**overrides)
     full = SegmentationDataset(data if data is not None else default_data_dir(), merge=True)  # loaded once
-    groups = full.groups
-    splits = group_folds(groups, folds, seed) if folds else [split_by_group(groups, seed=seed)]
-    names = full.class_names
+    splits = group_folds(full.groups, folds, seed) if folds else [split_by_group(full.groups, seed=seed)]
     task = classification_task(classify_data, profile, base_cfg.size, seed) if classify_data is not None else None
     per_row: dict[str, list[dict[str, float]]] = {r.key: [] for r in rows}
     models: dict[str, CRNet] = {}
     t_start = time.perf_counter()
     for split in splits:
-        train_set = full.subset(split["train"], size=base_cfg.size, augment=base_cfg.augment)
-        val_set = full.subset(split["val"], size=base_cfg.size)
-        test_set = full.subset(split["test"])  # original resolution
-        for row in rows:
-            cfg = prof.train_config(**overrides, hybrid=row.hybrid)
-            torch.manual_seed(cfg.seed)  # the same initial weights for the shared layers of every row
-            model = CRNet(prof.model_config(num_classes=1, variant=row.variant))
-            t0 = time.perf_counter()
-            hist = fit(model, train_set, val_set, cfg, names, device=device, progress=progress)
-            seconds = time.perf_counter() - t0
-            m = evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS]
-            per_row[row.key].append({**m, "seconds": seconds, "epochs": len(hist["epoch"])})
-            if task is not None:
-                per_row[row.key][-1].update(classification_scores(model, task, device, progress))
-            models[row.key] = model.cpu()
+        for row, scores, model in _fold_rows(full, split, prof, overrides, rows, full.class_names, device, progress,
+                                             tta, task):
+            per_row[row.key].append(scores)
+            models[row.key] = model
     return {
         "profile": profile,
         "hardware": hardware(),
         "device": str(device),
         "folds": folds or 1,
         "seed": seed,
-        "train_config": {k: v for k, v in vars(base_cfg).items()},
+        "train_config": dict(vars(base_cfg)),
         "model_config": prof.model_config(num_classes=1).to_dict(),
         "tta": tta,  # five-view test-time augmentation at evaluation
-        "total_seconds": time.perf_counter() - t_start,
+        "total_seconds": time.perf_counter() - t_start,  # training and evaluation of every row and fold
+        "wall_seconds": time.perf_counter() - t_wall,  # the whole call, the data loading included
         "rows": [summarise_row(row, per_row[row.key]) for row in rows],
         "models": models,
         "note": "Paper numbers: Huang et al. 2022, Table 7, on their own data and at full scale; "

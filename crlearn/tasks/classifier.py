@@ -9,7 +9,14 @@ the rows of Table 6:
 - ``finetune``: the trained segmentation encoder, trained further with the head.
 - ``scratch``: a fresh encoder of the same width, trained from random weights with the head.
 
-Training is in :mod:`crlearn.tasks.classifier_run`.
+Patients (pseudo-patient groups) are called by two rules (:func:`patient_metrics`): the paper's any-slice rule,
+whose slice threshold is chosen for a stated specificity on groups outside the test part
+(:func:`threshold_for_specificity`, kept in the checkpoint: :func:`checkpoint_threshold`; at 0.5 the rule calls
+most healthy patients positive, since one of their many slices is enough), and the mean probability at 0.5.
+
+Training is in :mod:`crlearn.tasks.classifier_run` (the frozen head as a logistic regression:
+:mod:`crlearn.tasks.logistic_head`, written into the linear layer by :func:`head_from_logistic`); group
+cross-validation of the whole recipe in :mod:`crlearn.tasks.classifier_cv`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ from torch import Tensor, nn
 
 from crlearn import __version__
 from crlearn.data.errors import DataError
+from crlearn.data.slices import group_labels
+from crlearn.inference import model_batches, prepare_model
+from crlearn.metrics import classification_metrics, patient_level
+from crlearn.nn.encoder import EncoderClassifier, SEResNet34Encoder
+from crlearn.nn.model import CRNet, CRNetConfig
 from crlearn.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -32,16 +44,12 @@ from crlearn.training.checkpoint import (
     cpu_state,
     load_checkpoint,
 )
-from crlearn.data.slices import group_labels
-from crlearn.nn.encoder import EncoderClassifier, SEResNet34Encoder
-from crlearn.metrics import classification_metrics, patient_level
-from crlearn.nn.model import CRNet, CRNetConfig
-from crlearn.inference import model_batches, prepare_model
 from crlearn.training.device import autocast
 
 CLASSIFIER_FORMAT = "crlearn-classifier-v1"  # distinct from segmentation checkpoints (crlearn-checkpoint-v1)
 MODES = ("frozen", "finetune", "scratch")  # Table 6's rows (module docstring)
 THRESHOLD = 0.5  # P(covid) at or above which a slice (or, by mean probability, a patient) is called COVID-19
+SPECIFICITY = 0.90  # the any-slice rule's slice threshold is chosen for this specificity on validation groups
 
 
 # ----------------------------------------------------------------------------- building the classifier
@@ -165,13 +173,14 @@ def _rule_scores(truth: dict[Hashable, int], called: dict[Hashable, int]) -> dic
 
 
 def patient_metrics(y_true: Sequence[int], probs: Sequence[float], groups: Sequence[Hashable],
-                    threshold: float = THRESHOLD, source: str | Path = "data") -> dict[str, dict[str, Any]]:
+                    threshold: float = THRESHOLD, source: str | Path = "data",
+                    mean_threshold: float | None = None) -> dict[str, dict[str, Any]]:
     """Patient-level decisions from slice probabilities, two rules, scored against the groups' labels:
 
     - ``any_slice`` (the paper's): a patient is COVID-19 if any of its slices is (P >= ``threshold``);
       :func:`crlearn.metrics.patient_level`.
-    - ``mean_probability``: a patient is COVID-19 if the mean P over its slices is >= ``threshold``; one false
-      positive slice among many does not decide it.
+    - ``mean_probability``: a patient is COVID-19 if the mean P over its slices is >= ``mean_threshold``
+      (default ``threshold``); one false positive slice among many does not decide it.
 
     Each: accuracy, sensitivity, specificity, confusion matrix, ``n_groups``. A group's true label is its slices'
     label; a group with both labels is a :class:`DataError` naming ``source``.
@@ -185,7 +194,8 @@ def patient_metrics(y_true: Sequence[int], probs: Sequence[float], groups: Seque
     sums: dict[Hashable, list[float]] = {}
     for p, g in zip(probs.tolist(), groups):
         sums.setdefault(g, []).append(p)
-    mean_prob = {g: int(float(np.mean(v)) >= threshold) for g, v in sums.items()}
+    mean_t = threshold if mean_threshold is None else mean_threshold
+    mean_prob = {g: int(float(np.mean(v)) >= mean_t) for g, v in sums.items()}
     return {"any_slice": _rule_scores(truth, any_slice), "mean_probability": _rule_scores(truth, mean_prob)}
 
 
@@ -205,17 +215,85 @@ def patient_rule_sweep(y_true: Sequence[int], probs: Sequence[float], groups: Se
     return out
 
 
+def group_maxima(probs: Sequence[float], groups: Sequence[Hashable]) -> dict[Hashable, float]:
+    """The largest slice probability of each group: the any-slice rule calls a group positive iff it is >= t."""
+    out: dict[Hashable, float] = {}
+    for p, g in zip(np.asarray(probs, dtype=np.float64).tolist(), groups):
+        out[g] = max(out.get(g, -np.inf), p)
+    return out
+
+
+def threshold_for_specificity(y_true: Sequence[int], probs: Sequence[float], groups: Sequence[Hashable],
+                              specificity: float = SPECIFICITY, source: str | Path = "data") -> dict[str, Any]:
+    """The any-slice rule's slice threshold chosen for a stated patient specificity on groups the model did not
+    train on (validation groups; never the test part).
+
+    The rule calls a group COVID-19 when its largest slice probability reaches the threshold, so with the ``n``
+    negative groups' maxima sorted, ``m_1 <= ... <= m_n``, and ``k = ceil(specificity * n)``, any threshold in
+    ``(m_k, m_(k+1)]`` leaves exactly ``k`` negatives below it; the midpoint of that gap is taken (``m_(n+1) = 1``).
+    Ties at ``m_k`` push the threshold above the tie (the specificity is then higher than asked). Returns
+    ``{"threshold", "specificity" (reached on these groups), "sensitivity", "target", "n_negative_groups",
+    "n_positive_groups"}``; no negative group is a :class:`DataError` naming ``source``.
+    """
+    if not 0 < specificity <= 1:
+        raise ValueError(f"specificity must lie in (0, 1], got {specificity}")
+    truth, maxima = group_labels(y_true, groups, source), group_maxima(probs, groups)
+    negatives = sorted(maxima[g] for g, t in truth.items() if t == 0)
+    if not negatives:
+        raise DataError(f"{source}: no non-COVID group to choose a threshold for specificity {specificity} on")
+    k = int(np.ceil(specificity * len(negatives) - 1e-9))
+    lower = negatives[k - 1]
+    upper = min((m for m in negatives if m > lower), default=1.0)
+    t = (lower + upper) / 2 if upper > lower else float(np.nextafter(lower, np.inf))
+    scores = _rule_scores(truth, {g: int(m >= t) for g, m in maxima.items()})
+    return {"threshold": float(t), "specificity": scores["specificity"], "sensitivity": scores["sensitivity"],
+            "target": specificity, "n_negative_groups": len(negatives),
+            "n_positive_groups": len(truth) - len(negatives)}
+
+
 def evaluate_classifier(model: nn.Module, dataset: Any, device: str | torch.device | None = None,
-                        batch_size: int = 64, threshold: float = THRESHOLD) -> dict[str, Any]:
+                        batch_size: int = 64, threshold: float = THRESHOLD,
+                        patient_threshold: float | None = None) -> dict[str, Any]:
     """Slice- and patient-level metrics of a classifier on a :class:`~crlearn.data.slices.ClassificationDataset`
-    (its un-augmented slices): ``{"slice": slice_metrics, "patient": patient_metrics, "n_slices", "threshold"}``."""
+    (its un-augmented slices): ``{"slice": slice_metrics, "patient": patient_metrics, "n_slices", "threshold",
+    "patient_threshold"}``. Slices and the mean-probability rule are decided at ``threshold``, the any-slice rule
+    at ``patient_threshold`` (default ``threshold``; a checkpoint's chosen one: :func:`checkpoint_threshold`)."""
     if len(dataset.names) == 0:
         raise DataError(f"{dataset.root}: no slices to evaluate")
     probs = predict_proba(model, dataset.images, device, batch_size)
     y_true = dataset.targets.tolist()
+    any_t = threshold if patient_threshold is None else float(patient_threshold)
     return {"slice": slice_metrics(y_true, probs, threshold),
-            "patient": patient_metrics(y_true, probs, dataset.groups, threshold, dataset.root / "index.csv"),
-            "n_slices": len(y_true), "threshold": threshold}
+            "patient": patient_metrics(y_true, probs, dataset.groups, any_t, dataset.root / "index.csv",
+                                       mean_threshold=threshold),
+            "n_slices": len(y_true), "threshold": threshold, "patient_threshold": any_t}
+
+
+# ----------------------------------------------------------------------------- a scikit-learn head as the linear layer
+
+
+@torch.no_grad()
+def head_from_logistic(head: nn.Linear, pipeline: Any) -> nn.Linear:
+    """Write a fitted scikit-learn ``make_pipeline(StandardScaler(), LogisticRegression[CV](...))`` on pooled
+    features into the two-logit linear head, so the classifier stays one torch module.
+
+    The pipeline's P(COVID) is ``sigmoid(w . (f - mu) / s + b)``; with ``w' = w / s`` and ``b' = b - w' . mu`` it is
+    ``sigmoid(w' . f + b')``, which is the softmax of the logits ``(0, w' . f + b')``. So row 0 of the head is
+    zero and row 1 holds ``w'``, ``b'``: the same probabilities (to float32 rounding). Returns ``head``.
+    """
+    scaler, logistic = pipeline[0], pipeline[-1]
+    if head.out_features != 2 or logistic.coef_.shape != (1, head.in_features):
+        raise ValueError(f"need a binary logistic fit on {head.in_features} features for a two-logit head, got "
+                         f"coefficients of shape {logistic.coef_.shape} for {head.out_features} outputs")
+    mean = np.zeros(head.in_features) if scaler.mean_ is None else np.asarray(scaler.mean_, dtype=np.float64)
+    scale = np.ones(head.in_features) if scaler.scale_ is None else np.asarray(scaler.scale_, dtype=np.float64)
+    w = np.asarray(logistic.coef_[0], dtype=np.float64) / scale
+    b = float(logistic.intercept_[0]) - float(w @ mean)
+    head.weight.zero_()
+    head.bias.zero_()
+    head.weight[1].copy_(torch.from_numpy(w))
+    head.bias[1] = b
+    return head
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -248,3 +326,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_classifier(ckpt["encoder_config"], ckpt["mode"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def checkpoint_threshold(ckpt: dict[str, Any]) -> float:
+    """The slice threshold a classifier checkpoint recommends: the one its run chose for the any-slice rule on
+    validation groups (``threshold``), else :data:`THRESHOLD` (checkpoints from before the choice existed)."""
+    t = ckpt.get("threshold")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else THRESHOLD

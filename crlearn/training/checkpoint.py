@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from crlearn import __version__
+from crlearn.nn.ensemble import CRNetEnsemble
 from crlearn.nn.model import CRNet, CRNetConfig
 
 CHECKPOINT_FORMAT = "crlearn-checkpoint-v1"
+ENSEMBLE_FORMAT = "crlearn-ensemble-v1"  # a CRNetEnsemble: its state dict holds every member's ("members.K....")
 
 
 class CheckpointError(ValueError):
@@ -88,8 +90,10 @@ def save_checkpoint(
     lets :func:`crlearn.training.engine.fit` resume the same run.
     """
     model = getattr(model, "_orig_mod", model)
+    ensemble = isinstance(model, CRNetEnsemble)  # one file for the whole ensemble, with its own tag
     ckpt = {
-        "format": CHECKPOINT_FORMAT,
+        "format": ENSEMBLE_FORMAT if ensemble else CHECKPOINT_FORMAT,
+        **({"members": len(model)} if ensemble else {}),
         "crlearn_version": __version__,
         "model_config": model.config.to_dict(),
         "train_config": dataclasses.asdict(train_config),
@@ -100,13 +104,26 @@ def save_checkpoint(
     atomic_torch_save(ckpt, path)
 
 
+def record_in_checkpoints(run_dir: str | Path, **fields: Any) -> None:
+    """Add ``fields`` to a run's ``best.pt`` and ``last.pt`` (each rewritten atomically), e.g. the data's HU window
+    (``data_window``, :func:`crlearn.data.windowing.folders_window`) that only the caller of ``fit`` knows. Readers
+    take such a field with ``ckpt.get(...)``: older checkpoints without it still load."""
+    for name in ("best.pt", "last.pt"):
+        path = Path(run_dir) / name
+        if path.is_file():
+            atomic_torch_save({**torch.load(path, map_location="cpu", weights_only=True), **fields}, path)
+
+
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the model's state dict on the CPU (a snapshot: later training does not change it)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CRNet, dict[str, Any]]:
-    """Rebuild the model from a checkpoint (``torch.load(weights_only=True)``); returns ``(model, checkpoint)``."""
+    """Rebuild the model from a checkpoint (``torch.load(weights_only=True)``); returns ``(model, checkpoint)``.
+
+    A fold ensemble's file (:data:`ENSEMBLE_FORMAT`) gives a :class:`~crlearn.nn.ensemble.CRNetEnsemble`, which
+    every caller uses as it uses one CR-Net."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -118,9 +135,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if isinstance(fmt, str) and fmt.startswith("crlearn-classifier"):  # crlearn.tasks.classifier.CLASSIFIER_FORMAT
         raise CheckpointError(f"{path}: a classifier checkpoint (crlearn classify train), not a segmentation "
                               f"checkpoint (crlearn train)")
-    if fmt != CHECKPOINT_FORMAT:
+    if fmt not in (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT):
         raise CheckpointError(f"{path}: not a crlearn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
-    model = CRNet(CRNetConfig.from_dict(ckpt["model_config"]))
+    config = CRNetConfig.from_dict(ckpt["model_config"])
+    model = CRNet(config) if fmt == CHECKPOINT_FORMAT else CRNetEnsemble([CRNet(config) for _ in range(ckpt["members"])])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
 

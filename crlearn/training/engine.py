@@ -102,8 +102,9 @@ class FitState:
     start_epoch: int = 0
 
     def observe(self, val_loss: float, judged: nn.Module) -> bool:
-        """Record an epoch's validation loss; True (and a snapshot of the weights) when it is the best so far."""
-        if val_loss < self.best_loss:
+        """Record an epoch's validation loss; True (and a snapshot of the weights) when it is the best so far.
+        NaN means no validation set (training on every patient): every epoch is kept, so the last one is the model."""
+        if math.isnan(val_loss) or val_loss < self.best_loss:
             self.best_loss, self.bad_epochs, self.best_state = val_loss, 0, cpu_state(judged)
             return True
         self.bad_epochs += 1
@@ -127,7 +128,8 @@ def make_loaders(train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
                  device: torch.device) -> tuple[DataLoader | fastpath.DeviceBatches, DataLoader]:
     """The training batches and the validation loader of :func:`fit`.
 
-    One process: a shuffled DataLoader (or with ``cfg.fast`` the fast path's :class:`~crlearn.training.fastpath.DeviceBatches`).
+    One process: a shuffled DataLoader (or with ``cfg.fast`` the fast path's
+    :class:`~crlearn.training.fastpath.DeviceBatches`).
     Under ``torchrun`` (:mod:`crlearn.training.distributed`): this rank's share, ``cfg.batch_size / N`` samples of
     every global batch from a ``DistributedSampler``, and every N-th validation sample.
     """
@@ -251,7 +253,7 @@ def resume_state(path: str | Path, model: nn.Module, ema: WeightEMA | None, opt:
                     best_state=load_checkpoint(best)[1]["state_dict"] if best.exists() else None)
 
 
-def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainConfig, class_names: Sequence[str],
+def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig, class_names: Sequence[str],
         run_dir: str | Path | None = None, resume: str | Path | None = None,
         device: str | torch.device | None = None, progress: bool = True) -> dict[str, list[float]]:
     """Train with Adam and early stopping on the validation loss; returns the history.
@@ -271,6 +273,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     (:mod:`crlearn.training.distributed`; the same history as one process to float tolerance).
     """
     device = pick_device(device)
+    val_set = [] if val_set is None else val_set  # None: no validation, the last epoch is kept
     with seeded(config.seed, device), cudnn_benchmark(device), perf.narrow_batchnorm(model, device):
         return _fit(model, train_set, val_set, config, class_names, run_dir, resume, device, progress)
 
@@ -302,7 +305,8 @@ def _fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCo
         t_epoch = time.perf_counter()
         train_loss = distributed.mean_over_ranks(train_epoch(stepped, train_loader, opt, sched, scaler, ema, cfg,
                                                              device, f"epoch {epoch + 1}", progress and main))
-        val_loss, val_dice = validate(judged, val_loader, cfg, device, reduce=distributed.sum_over_ranks)
+        val_loss, val_dice = (validate(judged, val_loader, cfg, device, reduce=distributed.sum_over_ranks)
+                              if len(val_set) else (math.nan, math.nan))  # no validation set: nothing to judge
         for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, val_loss, val_dice, opt.param_groups[0]["lr"],
                                              time.perf_counter() - t_epoch)):
             state.history[key].append(value)

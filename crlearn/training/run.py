@@ -19,18 +19,22 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from crlearn.data.augment import jittered
 from crlearn.data.errors import DataError
-from crlearn.training.checkpoint import atomic_write_json, fresh_path
+from crlearn.training.checkpoint import atomic_write_json, fresh_path, record_in_checkpoints
+from crlearn.data.windowing import folders_window
 from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_dir, read_labels
 from crlearn.training.engine import fit, seeded
 from crlearn.inference import evaluate, predict
 from crlearn.nn.model import CRNet
 from crlearn.training.config import PROFILES, resolve_profile
 from crlearn.training.device import pick_device
+from crlearn.training.distributed import is_main
 from crlearn.report import DISCLAIMER, hardware, save_figure
 from crlearn.data.splits import split_by_group
 
 RUN_FILES = ("best.pt", "last.pt", "history.json", "metrics.json", "learning_curve.png", "test_overlays.png")
+SPLITS = ("holdout", "all")  # run(split=...): the paper's 70/10/20 by patient, or every patient trains (issue 20)
 
 
 @dataclass
@@ -85,9 +89,17 @@ def _task(folder: Path, merge_default: bool, classes: Sequence[str] | None,
     return classes, bool(merge)
 
 
+def every_patient(n: int) -> dict[str, list[int]]:
+    """The ``split="all"`` layout: every slice trains; no validation and no test part."""
+    return {"train": list(range(n)), "val": [], "test": []}
+
+
 def load_parts(folders: Sequence[Path], merge_default: bool, classes: Sequence[str] | None, merge: bool | None,
-               normalize: str, seed: int) -> list[Part]:
-    """Load every folder once and split it by its own groups; every folder must resolve to the same classes."""
+               normalize: str, seed: int, split: str = "holdout") -> list[Part]:
+    """Load every folder once and split it by its own groups (``split="all"``: :func:`every_patient`); every folder
+    must resolve to the same classes."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     keys = [f.name for f in folders]
     if len(set(keys)) < len(keys):
         keys = [str(f.resolve()) for f in folders]
@@ -95,7 +107,8 @@ def load_parts(folders: Sequence[Path], merge_default: bool, classes: Sequence[s
     for key, folder in zip(keys, folders):
         cls, mrg = _task(folder, merge_default, classes, merge)
         full = SegmentationDataset(folder, classes=cls, merge=mrg, normalize=normalize)
-        parts.append(Part(key, full, split_by_group(full.groups, seed=seed)))
+        parts.append(Part(key, full, split_by_group(full.groups, seed=seed) if split == "holdout"
+                          else every_patient(len(full.groups))))
     if any(p.full.class_names != parts[0].full.class_names for p in parts):
         found = "; ".join(f"{p.full.root}: {p.full.class_names}" for p in parts)
         raise DataError(f"the data folders give different classes ({found}); choose classes all of them have, "
@@ -130,7 +143,8 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
         classes: Sequence[str] | None = None, merge: bool | None = None, variant: str | None = None,
         out: str | Path | None = None, force: bool = False, resume: str | Path | None = None,
         device: str | torch.device | None = None, seed: int = 0, tta: bool = True, progress: bool = True,
-        log: Callable[[str], Any] | None = print, normalize: str | None = None, **overrides: Any) -> TrainResult:
+        log: Callable[[str], Any] | None = print, normalize: str | None = None, split: str = "holdout",
+        **overrides: Any) -> TrainResult:
     """Train and evaluate CR-Net on a data folder, or on several together; returns a :class:`TrainResult`.
 
     Args:
@@ -149,6 +163,10 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
         normalize: per-slice intensity normalisation (``none``, ``standardize``, ``equalize``:
             :func:`crlearn.data.folder.normalize_intensity`); ``None``: the TrainConfig default, ``none``. Kept in the
             checkpoints' ``train_config``.
+        split: ``"holdout"`` (the paper's §2.2 70/10/20 by patient: early stopping on val, metrics on test; the
+            lesson on splits) or ``"all"``: every patient trains, for the profile's (CV-chosen, :mod:`crlearn.tasks.cv`)
+            epochs, with no validation (the last epoch is kept) and no test part (``val`` and ``test`` are ``None``;
+            the numbers to quote are the cross-validation's).
         overrides: :class:`~crlearn.training.config.TrainConfig` fields (``epochs``, ``size``, ``lr``, ``hybrid``...).
 
     ``metrics`` holds ``val`` and ``test`` (:func:`crlearn.inference.evaluate` dicts), ``split`` (slice indices)
@@ -157,39 +175,50 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
     """
     name = resolve_profile(profile)
     prof = PROFILES[name]
+    log = log if is_main() else None  # under torchrun rank 0 alone logs and writes (crlearn.training.distributed)
     if normalize is not None:
         overrides["normalize"] = normalize
     cfg = prof.train_config(seed=seed, **overrides)
     device = pick_device(device)
     out = fresh_path(out, explicit=True, force=force, is_dir=True) if out is not None else None
-    parts = load_parts(data_folders(data), prof.merge, classes, merge, cfg.normalize, seed)
+    parts = load_parts(data_folders(data), prof.merge, classes, merge, cfg.normalize, seed, split)
     names = parts[0].full.class_names
     with seeded(cfg.seed, device):  # the initial weights; the caller's generators are left as they were
         model = CRNet(prof.model_config(num_classes=len(names), **({"variant": variant} if variant else {})))
     if log:
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
             f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
-    train_set = _joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts])
-    val_set = _joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts])
+    train_set = jittered(_joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts]),
+                         cfg.intensity_augment, cfg.scale_augment, cfg.seed)
+    val_set = _joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts]) if split == "holdout" else None
     history = fit(model, train_set, val_set, cfg, names, run_dir=out, resume=resume, device=device, progress=progress)
+    metrics = run_metrics(model, parts, history, cfg, name, device, tta, split)
+    if out is not None and is_main():
+        write_run(out, model, parts, history, metrics, cfg.size, device, tta)
+    if log:
+        log(f"trained {len(history['epoch'])} epochs in {metrics['train_seconds']:.0f} s")
+    return TrainResult(model, history, metrics, parts[0].full if len(parts) == 1 else [p.full for p in parts], out)
+
+
+def run_metrics(model: CRNet, parts: Sequence[Part], history: dict[str, list[float]], cfg: Any, profile: str,
+                device: torch.device, tta: bool, split: str) -> dict[str, Any]:
+    """The content of metrics.json: the run's settings, and with ``split="holdout"`` the val and test metrics."""
     metrics: dict[str, Any] = {
-        "profile": name, "hardware": hardware(), "device": str(device),
+        "profile": profile, "hardware": hardware(), "device": str(device),
         "data": _per_folder(parts, [str(p.full.root.resolve()) for p in parts]),
-        "class_names": names, "split": _per_folder(parts, [p.split for p in parts]),
-        "train_seconds": sum(history["seconds"]), "epochs_run": len(history["epoch"]), "tta": tta,
-        "normalize": cfg.normalize, "note": DISCLAIMER,
+        "class_names": list(parts[0].full.class_names), "split": _per_folder(parts, [p.split for p in parts]),
+        "split_mode": split, "train_seconds": sum(history["seconds"]), "epochs_run": len(history["epoch"]),
+        "tta": tta, "normalize": cfg.normalize, "note": DISCLAIMER,
     }
     if len(parts) > 1:
         metrics["data"] = list(metrics["data"].values())
         metrics["split_groups"] = split_groups(parts)
     for part in ("val", "test"):
-        metrics[part] = _per_folder(parts, [evaluate(model, p.full.subset(p.split[part]), cfg.size, device, tta=tta)
-                                            for p in parts])
-    if out is not None:
-        write_run(out, model, parts, history, metrics, cfg.size, device, tta)
-    if log:
-        log(f"trained {len(history['epoch'])} epochs in {metrics['train_seconds']:.0f} s")
-    return TrainResult(model, history, metrics, parts[0].full if len(parts) == 1 else [p.full for p in parts], out)
+        metrics[part] = None if split == "all" else _per_folder(
+            parts, [evaluate(model, p.full.subset(p.split[part]), cfg.size, device, tta=tta) for p in parts])
+    if split == "all":
+        metrics["validation"] = "none: every patient trains; the last epoch of the fixed schedule is kept"
+    return metrics
 
 
 def write_run(out: Path, model: CRNet, parts: Sequence[Part], history: dict[str, list[float]],
@@ -199,11 +228,12 @@ def write_run(out: Path, model: CRNet, parts: Sequence[Part], history: dict[str,
     from crlearn.viz import plot_history, plot_overlays
 
     atomic_write_json(out / "metrics.json", metrics)
+    record_in_checkpoints(out, data_window=folders_window([p.full.root for p in parts]))  # how scans get windowed
     save_figure(plot_history(history, f"profile {metrics['profile']}, {metrics['hardware']}"),
                 out / "learning_curve.png")
     images, targets, preds, titles = [], [], [], []
     for p in parts:
-        test = p.full.subset(p.split["test"][: max(1, 4 // len(parts))])
+        test = p.full.subset((p.split["test"] or p.split["train"])[: max(1, 4 // len(parts))])  # all: train slices
         _, pred = predict(model, test.images, size, device, tta=tta)
         images += list(test.images)
         targets += list(test.one_hot(test.labels))
