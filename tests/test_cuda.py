@@ -11,7 +11,7 @@ from conftest import SAMPLE, TINY
 from crlearn.training import fastpath
 from crlearn.bench import bench_model
 from crlearn.data.folder import SegmentationDataset
-from crlearn.training.engine import fit, make_loader
+from crlearn.training.engine import fit, make_loader, train_one_epoch
 from crlearn.inference import evaluate, predict_logits
 from crlearn.nn.model import CRNet, CRNetConfig
 from crlearn.training.config import TrainConfig
@@ -139,16 +139,16 @@ def test_fast_epoch_takes_no_host_sync_per_step(sets):
     model = CRNet(CRNetConfig(num_classes=1, **TINY)).to(cuda, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    batches, epoch = fastpath.DeviceBatches(train, 8, True, cuda), fastpath.FastEpoch()
-    epoch(model, batches, opt, None, scaler, None, cfg, cuda, "", False)  # warm-up, capture, the smaller last batch
-    assert epoch.mode == "graph" and epoch.step.graph is not None
+    batches, step = fastpath.DeviceBatches(train, 8, True, cuda), fastpath.make_step(model, opt, scaler, cfg, cuda)
+    train_one_epoch(model, batches, opt, None, scaler, None, cfg, cuda, "", False, step)  # warm-up, capture, last batch
+    assert step.mode == "graph" and step.graph is not None
     gathered = list(batches)  # the epoch's order copied over (one copy per epoch)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call raises
     try:
         total = torch.zeros((), dtype=torch.float64, device=cuda)
         for x, y in gathered:
-            total.add_(epoch.step(x, y).detach().double(), alpha=len(x))
+            total.add_(step(x, y).detach().double(), alpha=len(x))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(total)

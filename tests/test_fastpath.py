@@ -100,20 +100,21 @@ def _count_reads(monkeypatch):
     return reads
 
 
-def test_fast_epoch_reads_the_loss_once_per_epoch_not_per_step(sets, monkeypatch):
+def test_every_route_reads_the_loss_once_per_epoch_not_per_step(sets, monkeypatch):
     cfg = TrainConfig(size=64, batch_size=4, lr=1e-3, schedule="onecycle", ema=0.9, fast="eager")
     model, opt, scaler = _epoch_parts(sets, cfg)
     batches = fastpath.DeviceBatches(sets[0], cfg.batch_size, True, CPU)
-    sched, ema, epoch = make_scheduler(opt, cfg, len(batches)), WeightEMA(model, cfg.ema), fastpath.FastEpoch()
-    assert len(batches) > 5
+    sched, ema = make_scheduler(opt, cfg, len(batches)), WeightEMA(model, cfg.ema)
+    step = fastpath.make_step(model, opt, scaler, cfg, CPU)
+    assert len(batches) > 5 and step.mode == "eager"
     reads = _count_reads(monkeypatch)
-    loss = epoch(model, batches, opt, sched, scaler, ema, cfg, CPU, "", False)
-    assert loss > 0 and epoch.mode == "eager"
+    loss = train_one_epoch(model, batches, opt, sched, scaler, ema, cfg, CPU, "", False, step)
+    assert loss > 0
     assert [d for d in reads if d.is_floating_point] == [torch.float64]  # the epoch's summed loss, once
     assert len(reads) <= 5  # + the index sampler's seed and order: int64 CPU tensors, drawn once per epoch
     reads.clear()
     train_one_epoch(model, make_loader(sets[0], 4, True, CPU), opt, sched, scaler, ema, cfg, CPU, "", False)
-    assert len([d for d in reads if d.is_floating_point]) == len(batches)  # the teaching loop: one read per step
+    assert [d for d in reads if d.is_floating_point] == [torch.float64]  # the eager step too: one read per epoch
 
 
 def test_effective_mode_needs_cuda_and_graph_a_constant_rate_without_scaler():

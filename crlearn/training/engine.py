@@ -173,26 +173,36 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: Any, scaler: Any,
-                    ema: WeightEMA | None, cfg: TrainConfig, device: torch.device, desc: str, progress: bool) -> float:
-    """One pass over the training set (forward, loss, backward, step); returns the mean training loss."""
+                    ema: WeightEMA | None, cfg: TrainConfig, device: torch.device, desc: str, progress: bool,
+                    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
+    """One pass over the training set (forward, loss, backward, step); returns the mean training loss.
+
+    The loss is summed on the device and read once, at the end of the epoch (as nanoGPT reads ``loss.item()`` only
+    every ``log_interval``): a read after every step would make the CPU wait for the GPU before queueing the next.
+    ``step`` (:func:`crlearn.training.fastpath.make_step`: the same step as one CUDA graph, or ``torch.compile``d)
+    replaces the four lines of the eager step below; the batches, scheduler and EMA updates stay the same.
+    """
     model.train()
     dtype = autocast_dtype(device, cfg.amp)
-    total, n = 0.0, 0
+    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = to_device(x, device), to_device(y, device)
-        with autocast(device, dtype):
-            loss = deep_supervision_loss(model(x), y, hybrid=cfg.hybrid)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        if step is None:  # the eager step, the one to read
+            with autocast(device, dtype):
+                loss = deep_supervision_loss(model(x), y, hybrid=cfg.hybrid)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss = step(x, y)
         if sched is not None:
             sched.step()
         if ema is not None:
             ema.update()
-        total += float(loss.detach()) * len(x)
+        total += loss.detach().double() * len(x)
         n += len(x)
-    return total / max(n, 1)
+    return float(total) / max(n, 1)  # the epoch's one read of the device
 
 
 @torch.no_grad()
@@ -267,8 +277,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: T
     generators are seeded inside the run and restored after it (:func:`seeded`), cuDNN autotuning is on for the run
     and restored after it (:func:`cudnn_benchmark`), the CPU BatchNorm workaround runs inside it and leaves the
     model's modules as they were (:func:`crlearn.training.perf.narrow_batchnorm`). ``config.fast`` other than
-    ``"off"`` trains the same batches through :mod:`crlearn.training.fastpath` (:class:`~crlearn.training.fastpath.DeviceBatches` and
-    :class:`~crlearn.training.fastpath.FastEpoch` in place of :func:`make_loader` and :func:`train_one_epoch`). Inside a
+    ``"off"`` trains the same batches through :mod:`crlearn.training.fastpath` (:class:`~crlearn.training.fastpath.DeviceBatches`
+    in place of :func:`make_loader`, and the step of :func:`~crlearn.training.fastpath.make_step` handed to
+    :func:`train_one_epoch`: one loop either way). Inside a
     ``torchrun`` process group it trains data-parallel, ``config.batch_size`` being the global batch
     (:mod:`crlearn.training.distributed`; the same history as one process to float tolerance).
     """
@@ -290,9 +301,9 @@ def _fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCo
     trained, stepped = replicas(model, device, cfg)  # one process: model, model; torchrun: a copy, its DDP wrapper
     opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     train_loader, val_loader = make_loaders(train_set, val_set, cfg, device)
-    train_epoch = fastpath.FastEpoch() if cfg.fast != "off" else train_one_epoch  # same steps by a faster route
     sched = make_scheduler(opt, cfg, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device, cfg.amp) == torch.float16)
+    step = fastpath.make_step(stepped, opt, scaler, cfg, device)  # None: the eager step; else the same, faster
     ema = WeightEMA(trained, cfg.ema) if cfg.ema is not None else None
     judged = ema.module if ema is not None else trained  # the model that is validated and kept
     state = resume_state(resume, trained, ema, opt, sched) if resume is not None else FitState()
@@ -303,8 +314,8 @@ def _fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCo
     for epoch in epochs:
         start_epoch(train_loader, cfg.seed, epoch)
         t_epoch = time.perf_counter()
-        train_loss = distributed.mean_over_ranks(train_epoch(stepped, train_loader, opt, sched, scaler, ema, cfg,
-                                                             device, f"epoch {epoch + 1}", progress and main))
+        train_loss = distributed.mean_over_ranks(train_one_epoch(stepped, train_loader, opt, sched, scaler, ema, cfg,
+                                                                 device, f"epoch {epoch + 1}", progress and main, step))
         val_loss, val_dice = (validate(judged, val_loader, cfg, device, reduce=distributed.sum_over_ranks)
                               if len(val_set) else (math.nan, math.nan))  # no validation set: nothing to judge
         for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, val_loss, val_dice, opt.param_groups[0]["lr"],

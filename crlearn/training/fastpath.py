@@ -11,9 +11,8 @@ history (``tests/test_fastpath.py``). Only the route differs. What each piece wo
    DataLoader's bit for bit), keeps them on the device and gathers each batch there, in the order an in-process
    DataLoader with the same generator draws. For sets that fit in device memory (this project's: ~300 samples,
    1 MB per channel each at 512 px).
-2. **A host sync per step.** The teaching loop reads ``float(loss)`` after every step, so the host waits for the
-   GPU before it queues the next step. :class:`FastEpoch` sums the loss in a device tensor and reads it once per
-   epoch.
+2. **A host sync per step** is avoided by the teaching loop itself: :func:`crlearn.training.engine.train_one_epoch`
+   sums the loss in a device tensor and reads it once per epoch, whatever the route.
 3. **Kernel-launch overhead.** At batch 8 a step launches hundreds of small kernels and the host takes longer to
    launch them than the GPU to run them (H200: SMP's U-Net 23-25 ms per step at 128 and 512 px alike, README
    "Speed"). ``"graph"`` records the whole step (forward, loss, backward, fused Adam) once as a CUDA graph
@@ -21,12 +20,13 @@ history (``tests/test_fastpath.py``). Only the route differs. What each piece wo
    per step. ``"compile"`` instead hands forward and loss to ``torch.compile(mode="reduce-overhead")`` (Inductor's
    fused kernels and CUDA graphs), at the price of compiling each new model.
 
-Modes: ``"eager"`` (1 and 2, any device); ``"graph"`` and ``"compile"`` (1, 2 and 3; CUDA only, elsewhere they run
+The route is a step, :func:`make_step`, handed to the one loop. Modes: ``"eager"`` (1, any device); ``"graph"`` and
+``"compile"`` (1 and 3; CUDA only, elsewhere they run
 as ``"eager"``). ``"graph"`` also needs a constant learning rate (the captured Adam step keeps the rate it was
 recorded with) and no fp16 gradient scaler (its inf check reads the GPU); otherwise it runs as ``"eager"`` with a
-warning. Measured: ``crlearn bench model --modes eager graph`` (``results/``, README "Speed"). How to retire: when
+warning. Measured: ``crlearn bench model --modes eager graph`` (``results/gpu_h200_session3/``). How to retire: when
 an eager step at batch 8 is no longer launch-bound (the bench's eager and graph rows alike), delete ``"graph"`` and
-``"compile"``; :class:`DeviceBatches` and :class:`FastEpoch` go when sets outgrow device memory.
+``"compile"``; :class:`DeviceBatches` goes when sets outgrow device memory.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from crlearn.losses import deep_supervision_loss
 from crlearn.training.config import TrainConfig
@@ -219,31 +218,12 @@ def segmentation_loss(model: nn.Module, cfg: TrainConfig, device: torch.device) 
     return loss_fn
 
 
-class FastEpoch:
-    """:func:`crlearn.training.engine.train_one_epoch` for :class:`DeviceBatches`, with the same arguments and result.
-
-    The same steps, scheduler and EMA updates in the same order; the loss is summed in a device tensor and read once,
-    at the end of the epoch. The first call makes the :class:`TrainStep` (in :func:`effective_mode`), which is kept for
-    the run, so a CUDA graph is recorded once per run.
-    """
-
-    def __init__(self) -> None:
-        self.step: TrainStep | None = None
-        self.mode: str | None = None
-
-    def __call__(self, model: nn.Module, batches: DeviceBatches, opt: torch.optim.Optimizer, sched: Any,
-                 scaler: Any, ema: Any, cfg: TrainConfig, device: torch.device, desc: str, progress: bool) -> float:
-        model.train()
-        if self.step is None:
-            self.mode = effective_mode(cfg, device, scaler.is_enabled())
-            self.step = TrainStep(segmentation_loss(model, cfg, device), opt,
-                                  scaler if scaler.is_enabled() else None, self.mode)
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress):
-            loss = self.step(x, y)
-            if sched is not None:
-                sched.step()
-            if ema is not None:
-                ema.update()
-            total.add_(loss.detach().double(), alpha=len(x))
-        return float(total) / batches.n_samples  # the epoch's one read of the GPU
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, cfg: TrainConfig,
+              device: torch.device) -> TrainStep | None:
+    """The step :func:`crlearn.training.engine.train_one_epoch` takes for ``cfg.fast``: ``None`` for ``"off"`` (the
+    loop's own eager step), else a :class:`TrainStep` in :func:`effective_mode` (eager, a CUDA graph recorded once
+    per run, or ``torch.compile``), made once per run and handed to the same loop."""
+    if cfg.fast == "off":
+        return None
+    mode = effective_mode(cfg, device, scaler.is_enabled())
+    return TrainStep(segmentation_loss(model, cfg, device), opt, scaler if scaler.is_enabled() else None, mode)
