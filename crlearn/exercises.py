@@ -17,20 +17,22 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from crlearn.tasks.ablation import paired_differences
 from crlearn.data.augment import AUGMENTATIONS
-from crlearn.nn.blocks import SEBlock, effective_receptive_field
+from crlearn.nn.blocks import ASPP, SEBlock, effective_receptive_field
 from crlearn.tasks.classifier import occlusion_map
 from crlearn.tasks.burden import group_areas, percent
 from crlearn.data.folder import SegmentationDataset, default_data_dir, scan_folder
 from crlearn.nn.encoder import SEResNet34Encoder
 from crlearn.losses import iou_loss
-from crlearn.metrics import hd95, ratios_from_counts
+from crlearn.metrics import SEG_METRICS, hd95, ratios_from_counts
 from crlearn.nn.model import CRNet, CRNetConfig
 from crlearn.training.config import PROFILES
 from crlearn.nn.refine import RefineModule
+from crlearn.nn.unetpp import NestedNode
 from crlearn.tasks.lung_field import ct_score_band, lesion_ratio
 from crlearn.data.splits import split_by_group
 from crlearn.data.volumes import Volume
@@ -103,6 +105,60 @@ def _augmented_samples(seed: int) -> int:
     return len(split_by_group(groups, (0.7, 0.1, 0.2), seed=seed)["train"]) * len(AUGMENTATIONS)
 
 
+# ----------------------------------------------------------------------------- implement-it answers (functions)
+
+
+def _function(answer: Any, signature: str) -> Callable[..., Any]:
+    """The answer as a function; ``AssertionError`` if it is a number, a string, a class... rather than a function."""
+    if not callable(answer) or isinstance(answer, type):
+        raise AssertionError(f"expected a function {signature}, got {answer!r}")
+    return answer
+
+
+def _run(fn: Callable[..., Any], *args: Any, hint: str = "call it on the example in the notebook and read the "
+         "traceback") -> Any:
+    """Call the student's function without gradients; its exception becomes an ``AssertionError`` with ``hint``."""
+    try:
+        with torch.no_grad():
+            return fn(*args)
+    except Exception as err:  # noqa: BLE001 (any bug in the student's code is a wrong answer, explained)
+        raise AssertionError(f"your function raised {type(err).__name__}: {err}. Hint: {hint}") from None
+
+
+def _seeded(module: nn.Module, seed: int) -> nn.Module:
+    """``module`` in eval mode with every parameter drawn from a local generator (the global one is not used)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    return module.eval()
+
+
+def _randn(seed: int, *shape: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _same_tensor(out: Any, truth: Tensor, mistakes: dict[str, Tensor], shape_hint: str, hint: str) -> None:
+    """Raise ``AssertionError`` unless ``out`` is a tensor of ``truth``'s shape and values (to float32 rounding).
+    A wrong answer gets the hint of the first known mistake it reproduces, the factor it is off by, or ``hint``."""
+    if not isinstance(out, Tensor):
+        raise AssertionError(f"expected your function to return a tensor, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(truth.shape):
+        raise AssertionError(f"the result has shape {tuple(out.shape)}, not {tuple(truth.shape)}. Hint: {shape_hint}")
+
+    def close(a: Tensor, b: Tensor) -> bool:
+        return tuple(a.shape) == tuple(b.shape) and torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-5)
+
+    if close(out, truth):
+        return
+    known = next((h for h, wrong in mistakes.items() if close(out, wrong)), None)
+    big = truth.abs() > 1e-3
+    ratio = out.double()[big] / truth.double()[big]
+    if known is None and big.any() and bool((ratio - ratio.mean()).abs().max() < 1e-4 * ratio.mean().abs()):
+        known = f"the result is off by a constant factor of {float(ratio.mean()):.4g}; {hint}"
+    raise AssertionError(f"not quite. Hint: {known or hint}")
+
+
 # ----------------------------------------------------------------------------- 00 setup and data
 
 
@@ -136,12 +192,62 @@ def shortcut_parameters(answer: Any) -> None:
             "BatchNorm with a weight and a bias per channel (running statistics are buffers, not parameters)")
 
 
+def se_forward(answer: Any) -> None:
+    """01.3: a function ``(x, w1, b1, w2, b2) -> SE output`` from the weights and biases of ``fc1`` and ``fc2``,
+    compared with :class:`SEBlock` on random inputs and weights."""
+    fn = _function(answer, "se_forward(x, w1, b1, w2, b2)")
+    for seed, (b, c, r, h, w) in enumerate(((2, 16, 4, 5, 7), (1, 32, 8, 3, 3), (3, 8, 16, 4, 6))):
+        se, x = _seeded(SEBlock(c, r), seed), _randn(100 + seed, b, c, h, w)
+        with torch.no_grad():
+            s = F.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1)
+            truth = se(x)
+            mistakes = {
+                "the excitation ends with a sigmoid, so that every channel weight lies in (0, 1)":
+                    x * se.fc2(F.relu(se.fc1(s))),
+                "a ReLU sits between fc1 and fc2": x * torch.sigmoid(se.fc2(se.fc1(s))),
+                "fc1 and fc2 add their biases b1 and b2":
+                    x * torch.sigmoid(F.conv2d(F.relu(F.conv2d(s, se.fc1.weight)), se.fc2.weight)),
+                "squeeze each channel to its mean (global average pooling), not its maximum":
+                    x * torch.sigmoid(se.fc2(F.relu(se.fc1(x.amax((2, 3), keepdim=True))))),
+            }
+        weights = [t.detach().clone() for t in (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)]
+        out = _run(fn, x.clone(), *weights)
+        _same_tensor(out, truth, mistakes, "the block rescales x: the output has x's shape (B, C, H, W); the "
+                     "weights (B, C, 1, 1) broadcast over H and W", "squeeze (mean over H, W), fc1, ReLU, fc2, "
+                     "sigmoid, then multiply x by the result; w1 is (C/r, C, 1, 1): a 1x1 convolution on a 1x1 "
+                     "map is a matrix product")
+
+
 # ----------------------------------------------------------------------------- 02 ASPP
 
 
-def largest_rate_at_512(answer: Any) -> None:
-    """02.1: the largest atrous rate whose nine taps all fit around the centre (8, 8) of the 16 x 16 map."""
-    _expect(answer, _largest_full_rate(16), "the taps sit at 8 - r, 8 and 8 + r; all must lie in 0..15")
+def _aspp_with(aspp: ASPP, x: Tensor, pooled: Tensor) -> Tensor:
+    """The ASPP's output on ``x`` with ``pooled`` (B, Cb, 1, 1) or (B, Cb, H, W) in place of its image-pooling branch."""
+    feats = [branch(x) for branch in aspp.branches] + [pooled.float().expand(-1, -1, *x.shape[-2:])]
+    return aspp.project(torch.cat(feats, dim=1))
+
+
+def aspp_image_pooling(answer: Any) -> None:
+    """02.1: a function ``(x, pool_conv) -> (B, Cb, H, W)``, the image-pooling branch; right if :class:`ASPP`'s
+    output is unchanged when the student's branch replaces its own."""
+    fn = _function(answer, "image_pooling(x, pool_conv)")
+    for seed, (b, c, h, w) in enumerate(((2, 6, 5, 7), (1, 8, 4, 4), (3, 4, 9, 6))):
+        aspp, x = _seeded(ASPP(c, 5, rates=(1, 2), branch_channels=3), seed), _randn(200 + seed, b, c, h, w)
+        out = _run(fn, x.clone(), aspp.pool_conv)
+        if not isinstance(out, Tensor) or tuple(out.shape) != (b, 3, h, w):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise AssertionError(f"the branch returned {got}, not (B, Cb, H, W) = {(b, 3, h, w)}. Hint: one value "
+                                 "per image and channel, copied to every pixel (expand the (B, Cb, 1, 1) map)")
+        with torch.no_grad():
+            truth, mine = aspp(x), _aspp_with(aspp, x, out)
+            mistakes = {
+                "the branch ends with a ReLU (and has no BatchNorm)":
+                    _aspp_with(aspp, x, aspp.pool_conv(F.adaptive_avg_pool2d(x, 1))),
+                "image pooling averages each channel over the whole map; it does not take the maximum":
+                    _aspp_with(aspp, x, F.relu(aspp.pool_conv(x.amax((2, 3), keepdim=True)))),
+            }
+        _same_tensor(mine, truth, mistakes, "", "global average pool, the 1x1 convolution (with its bias), ReLU, "
+                     "then copy to every pixel")
 
 
 def stacked_atrous_pixels(answer: Any) -> None:
@@ -245,6 +351,41 @@ def hd95_of_a_shift(answer: Any) -> None:
     pred = torch.roll(target, 3, dims=-1)
     _expect(answer, float(hd95(pred, target).flatten()[0]), "every boundary pixel of one square lies within the "
             "shift of the other's boundary; which distances are the largest?", tol=1e-6)
+
+
+def _ratio_hint(name: str, value: float, counts: tuple[np.ndarray, ...]) -> str:
+    """Why a pooled ratio ``name`` is wrong, judged from the value it has (06.3)."""
+    per_slice = ratios_from_counts(*(torch.as_tensor(c) for c in counts))[name].mean()
+    tp, fp, fn = (float(c.sum()) for c in counts)
+    if not math.isfinite(value):
+        return (f"{name} divides by zero here (nothing predicted, or nothing true); crlearn's rule scores 0 / 0 as 0, "
+                "and 1 only when TP, FP and FN are all 0 (section 4)")
+    if abs(value - float(per_slice)) <= 1e-6:
+        return f"{name} is the mean of the slices' ratios: add each count over the slices first, then divide once"
+    if name == "dice" and tp + fp + fn and abs(value - tp / (tp + fp + fn)) <= 1e-6:
+        return "that is IoU; Dice counts TP twice: 2 TP / (2 TP + FP + FN)"
+    if name in ("precision", "recall") and abs(value - tp / max(tp + (fn if name == "precision" else fp), 1)) <= 1e-6:
+        return "precision divides TP by what was predicted (TP + FP), recall by what is true (TP + FN)"
+    return f"{name} is off: Eq. 2-5 of the paper, on the counts summed over the slices"
+
+
+def pooled_scores(answer: Any) -> None:
+    """06.3: a function ``(tp, fp, fn) -> {"dice", "iou", "precision", "recall"}``, pooled over per-slice count
+    arrays; compared with :func:`crlearn.metrics.ratios_from_counts`."""
+    fn = _function(answer, "pooled_scores(tp, fp, fn)")
+    rng = np.random.default_rng(6)
+    cases = [tuple(rng.integers(0, 500, size=(3, n))) for n in (8, 3, 12)]
+    cases.append((np.zeros(3, np.int64), np.zeros(3, np.int64), np.array([40, 0, 15])))  # nothing predicted
+    for counts in cases:
+        got = _run(fn, *(c.copy() for c in counts), hint="a denominator can be 0 (nothing predicted, or nothing "
+                   "true): crlearn's rule scores 0 / 0 as 0, and 1 only when TP, FP and FN are all 0 (section 4)")
+        if not isinstance(got, dict) or sorted(got) != sorted(SEG_METRICS):
+            raise AssertionError(f"expected a dict with the keys {list(SEG_METRICS)}, got {got!r}")
+        truth = ratios_from_counts(*(torch.as_tensor(c.sum()) for c in counts))
+        for name in SEG_METRICS:
+            value = _number(got[name])
+            if not abs(value - float(truth[name])) <= 1e-6:
+                raise AssertionError(f"not quite. Hint: {_ratio_hint(name, value, counts)}")
 
 
 # ----------------------------------------------------------------------------- 07 training
@@ -352,12 +493,61 @@ def ground_glass_grey_levels(answer: Any) -> None:
             "anything below it is black", tol=1e-3)
 
 
+# ----------------------------------------------------------------------------- 12 Table 4's baselines
+
+
+def nested_node(answer: Any) -> None:
+    """12.1: a function ``(same_level, below, conv) -> X^{i,j}``, compared with :class:`NestedNode` given its
+    weights (``conv`` is the node's ``DoubleConv``) on random features, for columns j = 1, 2, 3."""
+    fn = _function(answer, "nested_node(same_level, below, conv)")
+    for seed, (j, ci, cb, side) in enumerate(((1, 4, 8, 8), (2, 4, 8, 6), (3, 3, 6, 10))):
+        node = _seeded(NestedNode(j, ci, cb), seed)
+        feats = _randn(300 + seed, j + 1, 2, ci + cb, side, side)  # slices of it: the inputs
+        same, below = [f[:, :ci] for f in feats[:j]], feats[j][:, :cb, ::2, ::2]  # (2, C_i, s, s), (2, C_i+1, s/2, s/2)
+        with torch.no_grad():
+            truth = node(same, below)
+            up = F.interpolate(below, size=(side, side), mode="bilinear", align_corners=False)
+            mistakes = {
+                "same-level features first (X^{i,0} ... X^{i,j-1}), the up-sampled one last":
+                    node.conv(torch.cat([up, *same], dim=1)),
+                "up-sample bilinearly (F.interpolate(..., mode='bilinear', align_corners=False)), not to the "
+                "nearest pixel": node.conv(torch.cat([*same, F.interpolate(below, size=(side, side))], dim=1)),
+                "align_corners=False, as UpBlock does": node.conv(torch.cat([*same, F.interpolate(
+                    below, size=(side, side), mode="bilinear", align_corners=True)], dim=1)),
+            }
+        out = _run(fn, [t.clone() for t in same], below.clone(), node.conv)
+        _same_tensor(out, truth, mistakes, "the node writes C_i channels at the same-level size",
+                     "concatenate the j same-level features and Up(below) along the channels, then apply conv")
+
+
+# ----------------------------------------------------------------------------- 13 distributed
+
+
+def pooled_dice_over_ranks(answer: Any) -> None:
+    """13.1: a function ``(rank_counts) -> Dice``: each rank's ``[TP, FP, FN]`` (int64, what ``validate`` hands to
+    ``sum_over_ranks``) added over the ranks, then one Dice, as :func:`crlearn.training.engine.validate` reports it."""
+    fn = _function(answer, "pooled_dice(rank_counts)")
+    rng = np.random.default_rng(13)
+    cases = [[torch.tensor([900, 60, 40]), torch.tensor([0, 0, 0])],  # rank 1: no lesion, nothing predicted
+             [torch.tensor([2, 30, 25]), torch.tensor([1200, 90, 110])]]  # a small lesion missed, a large one found
+    cases += [list(torch.as_tensor(rng.integers(1, 1000, size=(n, 3)))) for n in (2, 3)]
+    for counts in cases:
+        truth = float(ratios_from_counts(*torch.stack(counts).sum(0))["dice"])
+        mean = float(torch.stack([ratios_from_counts(*c)["dice"] for c in counts]).mean())
+        value = _number(_run(fn, [c.clone() for c in counts]))
+        if abs(value - mean) <= 1e-6 and abs(truth - mean) > 0.01:
+            raise AssertionError("not quite. Hint: that is the mean of the ranks' Dice, a mean of ratios: add the "
+                                 "counts over the ranks first (what sum_over_ranks does), then divide once")
+        _expect(value, truth, "stack the ranks' counts, sum them, then 2 TP / (2 TP + FP + FN)", tol=1e-6)
+
+
 EXERCISES: dict[str, Callable[[Any], None]] = {
     "00.1": augmented_epoch,
     "00.2": effusion_weight,
     "01.1": se_parameters,
     "01.2": shortcut_parameters,
-    "02.1": largest_rate_at_512,
+    "01.3": se_forward,
+    "02.1": aspp_image_pooling,
     "02.2": stacked_atrous_pixels,
     "03.1": skip_weights,
     "03.2": largest_side_accepted,
@@ -367,6 +557,7 @@ EXERCISES: dict[str, Callable[[Any], None]] = {
     "05.2": pixels_for_iou_loss,
     "06.1": per_slice_with_an_empty_slice,
     "06.2": hd95_of_a_shift,
+    "06.3": pooled_scores,
     "07.1": one_cycle_steps,
     "07.2": pooled_two_slices,
     "08.1": aspp_at_128,
@@ -377,6 +568,8 @@ EXERCISES: dict[str, Callable[[Any], None]] = {
     "10.2": occlusion_forward_passes,
     "11.1": lesion_millilitres,
     "11.2": ground_glass_grey_levels,
+    "12.1": nested_node,
+    "13.1": pooled_dice_over_ranks,
 }
 """Exercise id ("NN.k": notebook NN, question k) -> checker, which raises ``AssertionError`` with a hint when the
 answer is wrong. One short function each."""

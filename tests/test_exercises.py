@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from crlearn.exercises import EXERCISES, check
+from crlearn.metrics import ratios_from_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -47,12 +50,55 @@ def test_check_says_not_answered_yet_for_none(exercise_id, capsys):
     assert capsys.readouterr().out == f"{exercise_id}: not answered yet\n"
 
 
+# ----------------------------------------------------------------------------- plausible wrong functions
+
+
+def se_without_sigmoid(x, w1, b1, w2, b2):
+    return x * F.conv2d(F.relu(F.conv2d(x.mean((2, 3), keepdim=True), w1, b1)), w2, b2)
+
+
+def se_weights_only(x, w1, b1, w2, b2):
+    return torch.sigmoid(F.conv2d(F.relu(F.conv2d(x.mean((2, 3), keepdim=True), w1, b1)), w2, b2))
+
+
+def pooling_not_broadcast(x, pool_conv):
+    return F.relu(pool_conv(F.adaptive_avg_pool2d(x, 1)))  # (B, Cb, 1, 1)
+
+
+def pooling_without_relu(x, pool_conv):
+    return pool_conv(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
+
+
+def per_slice_mean_scores(tp, fp, fn):
+    return {k: float(v.mean()) for k, v in ratios_from_counts(*(torch.as_tensor(c) for c in (tp, fp, fn))).items()}
+
+
+def scores_with_zero_division(tp, fp, fn):
+    tp, fp, fn = (float(np.sum(c)) for c in (tp, fp, fn))
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "precision": tp / (tp + fp),
+            "recall": tp / (tp + fn)}
+
+
+def node_with_nearest_upsampling(same_level, below, conv):
+    return conv(torch.cat([*same_level, F.interpolate(below, scale_factor=2)], dim=1))
+
+
+def node_below_first(same_level, below, conv):
+    up = F.interpolate(below, size=same_level[0].shape[-2:], mode="bilinear", align_corners=False)
+    return conv(torch.cat([up, *same_level], dim=1))
+
+
+def mean_of_rank_dice(rank_counts):
+    return float(torch.stack([ratios_from_counts(*c)["dice"] for c in rank_counts]).mean())
+
+
 WRONG = {  # a plausible mistake for each question
     "00.1": 53,  # the slices, without their augmented views
     "00.2": 26_718 / 837_235,  # the ratio upside down
     "01.1": 2 * 96 * 12,  # without the biases
     "01.2": 64 * 128,  # without the BatchNorm
-    "02.1": 8,  # 8 + 8 = 16 lies outside 0..15
+    "01.3": se_without_sigmoid,
+    "02.1": pooling_without_relu,
     "02.2": 81,  # 9 x 9 paths, but some land on the same pixel
     "03.1": 64 * 128 * 9,  # every input channel, not only the skip's
     "03.2": 630,  # not divisible by 32
@@ -62,6 +108,7 @@ WRONG = {  # a plausible mistake for each question
     "05.2": 10,  # 10 / 11, not 0.9
     "06.1": 0.91,  # the empty slice scored 1, as if it were empty in both masks
     "06.2": 10,  # the square's side, not the shift
+    "06.3": per_slice_mean_scores,
     "07.1": 17 * 53 // 8,  # the slices without their five views
     "07.2": (2 * 900 / 2100 + 0) / 2,  # the mean of the two slices' Dice
     "08.1": (4, 9),  # every tap counted, also those on the zero padding
@@ -72,6 +119,8 @@ WRONG = {  # a plausible mistake for each question
     "10.2": 16 * 16,  # positions every 8 px from 0 to 120: the square would leave the slice
     "11.1": 20_000 * 0.7 * 0.7 * 1.25,  # mm³, not mL
     "11.2": (0.4, 0.0),  # measured from the top of the lung window, not its bottom
+    "12.1": node_with_nearest_upsampling,
+    "13.1": mean_of_rank_dice,
 }
 
 
@@ -109,6 +158,37 @@ def test_check_leaves_the_random_numbers_alone():
     before = torch.get_rng_state()
     with pytest.raises(AssertionError):
         check("04.1", (0, 0))  # builds a module (random weights) before it finds the answer wrong
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+HINTS = [  # (exercise, a wrong function, what its hint must name)
+    ("01.3", se_without_sigmoid, "sigmoid"),
+    ("01.3", se_weights_only, "shape"),
+    ("01.3", lambda x, *w: 2 * x * se_weights_only(x, *w), "factor of 2"),
+    ("01.3", lambda x, w1, b1, w2, b2: x * se_weights_only(x, w1, 0 * b1, w2, 0 * b2), "biases"),
+    ("02.1", pooling_not_broadcast, "copied to every pixel"),
+    ("02.1", pooling_without_relu, "ReLU"),
+    ("06.3", per_slice_mean_scores, "mean of the slices"),
+    ("06.3", scores_with_zero_division, "rule scores 0 / 0 as 0"),
+    ("12.1", node_with_nearest_upsampling, "bilinear"),
+    ("12.1", node_below_first, "up-sampled one last"),
+    ("12.1", lambda same_level, below, conv: conv(torch.cat([same_level[0], below], dim=1)), "raised"),
+    ("13.1", mean_of_rank_dice, "add the counts over the ranks first"),
+]
+
+
+@pytest.mark.parametrize("exercise_id, wrong, named", HINTS, ids=[f"{h[0]}-{h[2]}" for h in HINTS])
+def test_implement_it_hint_names_the_mistake(exercise_id, wrong, named):
+    with pytest.raises(AssertionError, match=rf"^{re.escape(exercise_id)}: .*Hint: ") as err:
+        check(exercise_id, wrong)
+    assert named in str(err.value)
+
+
+def test_implement_it_checks_leave_the_random_numbers_alone():
+    before = torch.get_rng_state()
+    for exercise_id, wrong, _ in HINTS:
+        with pytest.raises(AssertionError):
+            check(exercise_id, wrong)
     assert torch.equal(torch.get_rng_state(), before)
 
 
