@@ -32,7 +32,7 @@ def spy_run(monkeypatch) -> dict:
 def test_cli_train_evaluate_predict(small_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--data", str(small_data), "--profile", "quick", "--epochs", "1", "--size", "64",
-            "--out", str(run), "--quiet"]
+            "--split", "holdout", "--out", str(run), "--quiet"]
     assert main(args) == 0
     for name in ("best.pt", "last.pt", "history.json", "metrics.json", "learning_curve.png", "test_overlays.png"):
         assert (run / name).exists(), name
@@ -114,6 +114,7 @@ def test_cli_train_is_the_library_run(small_data, tmp_path, monkeypatch):
         main(["train", "--data", str(small_data), "--profile", "quick", "--epochs", "3", "--bce-only", "--no-tta",
               "--device", "cpu", "--out", str(tmp_path / "r")])
     assert seen["data"] == str(small_data) and seen["profile"] == "quick" and str(seen["device"]) == "cpu"
+    assert seen["split"] == "all"  # the shipped model learns from every patient
     assert seen["epochs"] == 3 and seen["hybrid"] is False and seen["tta"] is False
 
 

@@ -274,3 +274,15 @@ def test_train_command_takes_fast_off_for_the_full_profile_under_torchrun():
     train = next(a for a in parser._actions if a.dest == "command").choices["train"]
     assert tuple(train._option_string_actions["--fast"].choices) == FAST_MODES
     assert parser.parse_args(["train", "--fast", "off"]).fast == "off"
+
+
+def _tiny_ablation(data: Path) -> dict:
+    from crlearn.tasks.ablation import TABLE7, run_ablation
+
+    result = run_ablation(data, "quick", folds=2, epochs=1, rows=TABLE7[:2], device="cpu", progress=False, tta=False)
+    return [[{k: f[k] for k in ("dice", "epochs")} for f in row["folds"]] for row in result["rows"]]
+
+
+def test_ablation_spread_over_two_ranks_equals_the_serial_ablation(small_data, tmp_path):
+    serial = _tiny_ablation(small_data)
+    assert on_ranks(_tiny_ablation, 2, tmp_path, small_data) == [serial, serial]  # every rank: the same table

@@ -211,11 +211,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from crlearn.report import save_figure
     from crlearn.viz import plot_ablation
 
+    from crlearn.training.distributed import process_group
+
     profile = resolve_profile(args.profile)
     out = _out(args, f"runs/ablate-{profile}")
-    result = run_ablation(args.data, profile, folds=args.folds, seed=args.seed, epochs=args.epochs,
-                          max_minutes=args.max_minutes, device=args.device, progress=not args.quiet, tta=args.tta,
-                          classify_data=args.classify, fast=args.fast)
+    with process_group(args.device) as launch:  # under torchrun the (fold, row) runs are dealt out over the ranks
+        result = run_ablation(args.data, profile, folds=args.folds, seed=args.seed, epochs=args.epochs,
+                              max_minutes=args.max_minutes, device=launch.device, progress=not args.quiet,
+                              tta=args.tta, classify_data=args.classify, fast=args.fast)
+    if not launch.is_main:  # rank 0 writes and reports for all
+        return 0
     result.pop("models")
     out.mkdir(parents=True, exist_ok=True)
     md = ablation_markdown(result)
@@ -313,9 +318,10 @@ def _train_parser(sub: Any) -> None:
                    help="override the profile's training-step route (full: graph); under torchrun use off")
     _add_budget(t, "stop training after this many minutes")
     t.add_argument("--resume", default=None, help="continue the run of a last.pt checkpoint")
-    t.add_argument("--split", choices=["holdout", "all"], default="holdout",
-                   help="holdout (default): the paper's 70/10/20 by patient, test metrics printed; all: every patient "
-                        "trains for the profile's (or the CV-chosen) epochs, no validation, the last epoch kept")
+    t.add_argument("--split", choices=["all", "holdout"], default="all",
+                   help="all (default): every patient trains for the profile's (or the CV-chosen) epochs, no "
+                        "validation, the last epoch kept (its estimate: crlearn cv --no-val); holdout: the paper's "
+                        "70/10/20 by patient, test metrics printed (one small split: the lesson on splits)")
     t.add_argument("--folds", type=int, default=1,
                    help="K > 1: first cross-validate the recipe on K patient folds (table printed, cv.json written); "
                         "with --split all its chosen epoch count is used unless --epochs is given")

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_
 from crlearn.training.engine import fit
 from crlearn.inference import evaluate
 from crlearn.nn.model import CRNet
+from crlearn.training import distributed
 from crlearn.training.config import PROFILES, TrainConfig
 from crlearn.training.device import pick_device
 from crlearn.report import DISCLAIMER, hardware, markdown_table
@@ -111,22 +112,25 @@ def train_fresh(make_model: Callable[[], nn.Module], cfg: TrainConfig, train_set
     return model, hist, time.perf_counter() - t0
 
 
-def _fold_rows(full: SegmentationDataset, split: dict[str, list[int]], prof: Any, overrides: dict[str, Any],
-               rows: Sequence[AblationRow], names: Sequence[str], device: torch.device, progress: bool, tta: bool,
-               task: ClassifyTask | None) -> Iterator[tuple[AblationRow, dict[str, Any], CRNet]]:
-    """Every row trained and scored on one split: ``(row, its scores on the split's test part, the model on the
-    CPU)``, row by row."""
-    train_set, val_set, test_set = fold_sets(full, split, prof.train_config(**overrides))
-    for row in rows:
-        cfg = prof.train_config(**overrides, hybrid=row.hybrid)
-        model, hist, seconds = train_fresh(
-            lambda: CRNet(prof.model_config(num_classes=1, variant=row.variant)),  # noqa: B023 (called at once)
-            cfg, train_set, val_set, names, device, progress)
-        scores = {**evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS],
-                  "seconds": seconds, "epochs": len(hist["epoch"])}
-        if task is not None:
-            scores.update(classification_scores(model, task, device, progress))
-        yield row, scores, model.cpu()
+def _keep_model(scores: dict[str, Any], model: CRNet) -> tuple[dict[str, Any], CRNet | None]:
+    """A job's result as :func:`~crlearn.training.distributed.spread` gathers it: under ``torchrun`` the scores alone
+    (the models stay on their ranks), in one process the model too."""
+    return scores, (model if distributed.world_size() == 1 else None)
+
+
+def _train_row(full: SegmentationDataset, split: dict[str, list[int]], row: AblationRow, prof: Any,
+               overrides: dict[str, Any], device: torch.device, progress: bool, tta: bool,
+               task: ClassifyTask | None) -> tuple[dict[str, Any], CRNet]:
+    """One row trained on one split's training part and scored on its test part: ``(scores, the model on the CPU)``."""
+    cfg = prof.train_config(**overrides, hybrid=row.hybrid)
+    train_set, val_set, test_set = fold_sets(full, split, cfg)
+    model, hist, seconds = train_fresh(lambda: CRNet(prof.model_config(num_classes=1, variant=row.variant)),
+                                       cfg, train_set, val_set, full.class_names, device, progress)
+    scores = {**evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS],
+              "seconds": seconds, "epochs": len(hist["epoch"])}
+    if task is not None:
+        scores.update(classification_scores(model, task, device, progress))
+    return scores, model.cpu()
 
 
 def run_ablation(
@@ -149,7 +153,8 @@ def run_ablation(
     ``fast``, the training step's route (:class:`~crlearn.training.config.TrainConfig`; ``None``: the profile's).
     Each row reports the pooled test Dice of the infection class, and also IoU, precision, recall and
     boundary F1, evaluated with test-time augmentation unless ``tta=False``; ``models`` (not saved to JSON)
-    keeps the trained models of the last fold for inspection.
+    keeps the trained models of the last fold for inspection (one process only). Under ``torchrun`` the (fold, row) runs
+    are dealt out over the ranks (:func:`crlearn.training.distributed.spread`) and every rank returns the same table.
 
     ``classify_data`` (a labelled folder, e.g. :func:`crlearn.data.slices.default_classification_dir`; ``None``
     skips it) adds Table 7's accuracy column: :func:`classification_scores` of each trained model on the run's one
@@ -164,14 +169,12 @@ def run_ablation(
     full = SegmentationDataset(data if data is not None else default_data_dir(), merge=True)  # loaded once
     splits = group_folds(full.groups, folds, seed) if folds else [split_by_group(full.groups, seed=seed)]
     task = classification_task(classify_data, profile, base_cfg.size, seed) if classify_data is not None else None
-    per_row: dict[str, list[dict[str, float]]] = {r.key: [] for r in rows}
-    models: dict[str, CRNet] = {}
     t_start = time.perf_counter()
-    for split in splits:
-        for row, scores, model in _fold_rows(full, split, prof, overrides, rows, full.class_names, device, progress,
-                                             tta, task):
-            per_row[row.key].append(scores)
-            models[row.key] = model
+    jobs = [(split, row) for split in splits for row in rows]  # independent runs: under torchrun, spread over ranks
+    done = distributed.spread(lambda job: _keep_model(*_train_row(full, *job, prof, overrides, device, progress, tta,
+                                                                   task)), jobs)
+    per_row = {r.key: [scores for (_, row), (scores, _) in zip(jobs, done) if row is r] for r in rows}
+    models = {row.key: model for (_, row), (_, model) in zip(jobs, done) if model is not None}  # the last fold's
     return {
         "profile": profile,
         "hardware": hardware(),

@@ -24,6 +24,7 @@ data-parallel by itself:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -74,9 +75,23 @@ def launch_env(environ: dict[str, str] | None = None) -> Launch | None:
     return Launch(rank, world, local)
 
 
+_LOCAL = contextvars.ContextVar("crlearn_local_job", default=False)  # inside spread's job: this process alone
+
+
 def active() -> bool:
-    """True inside an initialised process group (then :func:`crlearn.training.engine.fit` trains data-parallel)."""
-    return dist.is_available() and dist.is_initialized()
+    """True inside an initialised process group (then :func:`crlearn.training.engine.fit` trains data-parallel),
+    except inside a job of :func:`spread`, which each rank runs alone."""
+    return not _LOCAL.get() and dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def local_job() -> Iterator[None]:
+    """Inside the block this process works alone, as without ``torchrun`` (:func:`spread` runs each job so)."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
 
 
 def rank() -> int:
@@ -220,7 +235,8 @@ def spread(fn: Callable[[T], R], jobs: Sequence[T]) -> list[R]:
     mine: dict[int, tuple[bool, Any]] = {}
     for i in range(rank(), len(jobs), world_size()):
         try:
-            mine[i] = (True, fn(jobs[i]))
+            with local_job():  # the job trains in this process alone: no gradient all-reduce with the others
+                mine[i] = (True, fn(jobs[i]))
         except Exception as exc:  # noqa: BLE001 (reported below, on every rank)
             mine[i] = (False, f"job {i} ({jobs[i]!r}) failed on rank {rank()}: {type(exc).__name__}: {exc}")
             break
