@@ -2,6 +2,8 @@
 # Re-execute every notebook in reading order, in place, to refresh its stored outputs and figures.
 # Run from anywhere: bash notebooks/execute_all.sh  [NOTEBOOK ...]
 set -euo pipefail
+# one thread, as each pytest worker runs its notebooks (conftest.py): stored outputs then match what the tests compute
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cd "$(dirname "$0")"
 notebooks=("$@")
 [ ${#notebooks[@]} -gt 0 ] || notebooks=([0-9][0-9]_*.ipynb)
