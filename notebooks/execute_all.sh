@@ -11,7 +11,8 @@ for nb in "${notebooks[@]}"; do
   start=$(date +%s)
   jupyter nbconvert --to notebook --execute --inplace \
     --ExecutePreprocessor.store_widget_state=False --ExecutePreprocessor.timeout=1800 "$nb"
-  # keep per-cell execution timestamps out of the stored notebook (they change on every run)
-  python3 -c 'import json, sys; p = sys.argv[1]; d = json.load(open(p)); [c["metadata"].pop("execution", None) for c in d["cells"]]; open(p, "w").write(json.dumps(d, indent=1, ensure_ascii=False) + "\n")' "$nb"
+  # keep per-cell execution timestamps out of the stored notebook (they change on every run),
+  # and join a print that reached the kernel's stdout in pieces into one stream output, as a reader sees it
+  python3 tidy_outputs.py "$nb"  # (we are in notebooks/)
   echo "$nb: $(( $(date +%s) - start )) s"
 done

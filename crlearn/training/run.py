@@ -238,6 +238,6 @@ def write_run(out: Path, model: CRNet, parts: Sequence[Part], history: dict[str,
         images += list(test.images)
         targets += list(test.one_hot(test.labels))
         preds += list(pred)
-        titles += [r.name for r in test.records]
+        titles += [("" if p.split["test"] else "trained on: ") + r.name for r in test.records]  # no test part
     fig = plot_overlays(images, targets, preds, parts[0].full.class_names, titles=titles)
     save_figure(fig, out / "test_overlays.png")
