@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from crlearn.cli import choices
+from crlearn.cli import choices, classify, compare, cv, volume  # the command groups (torch-free to import)
 from crlearn.data.paths import default_classification_dir, default_data_dir
 from crlearn.report import DISCLAIMER
 
@@ -442,17 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parsers(sub)
     _bench_parser(sub)
-    from crlearn.cli.classify import add_classify_parser
-
-    add_classify_parser(sub)
-    from crlearn.cli.cv import add_parser as add_cv_parser  # cv: patient-level K-fold cross-validation
-    add_cv_parser(sub)
-    from crlearn.cli.volume import add_parser as add_convert_parser
-
-    add_convert_parser(sub)  # convert: CT volumes to a PNG data folder
-    from crlearn.cli.compare import add_parser as add_compare_parser
-
-    add_compare_parser(sub)  # compare: Table 4, U-Net / U-Net++ / CR-Net
+    for add_group in (classify.add_classify_parser, cv.add_parser, volume.add_parser, compare.add_parser):
+        add_group(sub)  # classify (§2.8), cv, convert (CT volumes to a PNG folder), compare (Table 4)
     return p
 
 

@@ -27,7 +27,7 @@ from crlearn.data.slices import ClassificationDataset, classification_split
 from crlearn.tasks.classifier import classifier_from_segmenter, evaluate_classifier
 from crlearn.tasks.classifier_run import ClassifyConfig, classify_config, fit_classifier, split_groups
 from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_dir
-from crlearn.training.engine import fit
+from crlearn.training.engine import fit, seeded
 from crlearn.inference import evaluate
 from crlearn.nn.model import CRNet
 from crlearn.training import distributed
@@ -104,8 +104,7 @@ def train_fresh(make_model: Callable[[], nn.Module], cfg: TrainConfig, train_set
     share; the caller's generator is left as it was) and :func:`~crlearn.training.engine.fit` it:
     ``(model, history, training seconds)``. One training run of every row and fold here and in
     :mod:`crlearn.tasks.compare` (Table 4)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed, torch.device("cpu")):  # weights are drawn on the CPU; the caller's generators restored
         model = make_model()
     t0 = time.perf_counter()
     hist = fit(model, train_set, val_set, cfg, names, device=device, progress=progress)
@@ -118,19 +117,39 @@ def _keep_model(scores: dict[str, Any], model: CRNet) -> tuple[dict[str, Any], C
     return scores, (model if distributed.world_size() == 1 else None)
 
 
-def _train_row(full: SegmentationDataset, split: dict[str, list[int]], row: AblationRow, prof: Any,
-               overrides: dict[str, Any], device: torch.device, progress: bool, tta: bool,
-               task: ClassifyTask | None) -> tuple[dict[str, Any], CRNet]:
-    """One row trained on one split's training part and scored on its test part: ``(scores, the model on the CPU)``."""
+def _train_row(parts: tuple[SegmentationDataset, SegmentationDataset, SegmentationDataset], row: AblationRow,
+               prof: Any, overrides: dict[str, Any], names: Sequence[str], device: torch.device, progress: bool,
+               tta: bool, task: ClassifyTask | None) -> tuple[dict[str, Any], CRNet]:
+    """One row trained on a split's training part (``parts``: :func:`fold_sets`) and scored on its test part:
+    ``(scores, the model on the CPU)``."""
     cfg = prof.train_config(**overrides, hybrid=row.hybrid)
-    train_set, val_set, test_set = fold_sets(full, split, cfg)
+    train_set, val_set, test_set = parts
     model, hist, seconds = train_fresh(lambda: CRNet(prof.model_config(num_classes=1, variant=row.variant)),
-                                       cfg, train_set, val_set, full.class_names, device, progress)
+                                       cfg, train_set, val_set, names, device, progress)
     scores = {**evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS],
               "seconds": seconds, "epochs": len(hist["epoch"])}
     if task is not None:
         scores.update(classification_scores(model, task, device, progress))
     return scores, model.cpu()
+
+
+def _spread_rows(full: SegmentationDataset, splits: Sequence[dict[str, list[int]]], rows: Sequence[AblationRow],
+                 prof: Any, overrides: dict[str, Any], base_cfg: TrainConfig, device: torch.device, progress: bool,
+                 tta: bool, task: ClassifyTask | None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, CRNet]]:
+    """Every (split, row) run, as independent jobs (under ``torchrun`` dealt out over the ranks): each row's scores
+    fold by fold, and the last fold's models (one process only). A split's parts are built once per process."""
+    jobs = [(k, row) for k in range(len(splits)) for row in rows]
+    parts: dict[int, tuple] = {}
+
+    def job(kr: tuple[int, AblationRow]) -> tuple[dict[str, Any], CRNet | None]:
+        k, row = kr
+        if k not in parts:
+            parts[k] = fold_sets(full, splits[k], base_cfg)
+        return _keep_model(*_train_row(parts[k], row, prof, overrides, full.class_names, device, progress, tta, task))
+
+    done = distributed.spread(job, jobs)
+    per_row = {r.key: [scores for (_, row), (scores, _) in zip(jobs, done) if row is r] for r in rows}
+    return per_row, {row.key: model for (_, row), (_, model) in zip(jobs, done) if model is not None}
 
 
 def run_ablation(
@@ -170,11 +189,7 @@ def run_ablation(
     splits = group_folds(full.groups, folds, seed) if folds else [split_by_group(full.groups, seed=seed)]
     task = classification_task(classify_data, profile, base_cfg.size, seed) if classify_data is not None else None
     t_start = time.perf_counter()
-    jobs = [(split, row) for split in splits for row in rows]  # independent runs: under torchrun, spread over ranks
-    done = distributed.spread(lambda job: _keep_model(*_train_row(full, *job, prof, overrides, device, progress, tta,
-                                                                   task)), jobs)
-    per_row = {r.key: [scores for (_, row), (scores, _) in zip(jobs, done) if row is r] for r in rows}
-    models = {row.key: model for (_, row), (_, model) in zip(jobs, done) if model is not None}  # the last fold's
+    per_row, models = _spread_rows(full, splits, rows, prof, overrides, base_cfg, device, progress, tta, task)
     return {
         "profile": profile,
         "hardware": hardware(),

@@ -46,7 +46,7 @@ from crlearn.training.checkpoint import atomic_write_json, save_checkpoint
 from crlearn.training.config import PROFILES, TrainConfig, resolve_profile
 from crlearn.training.device import pick_device
 from crlearn.training.engine import fit, seeded
-from crlearn.training.run import Part, _joined, data_folders, load_parts
+from crlearn.training.run import Part, joined, data_folders, load_parts
 
 VAL_FRACTION = 0.125  # of each fold's training patients, the inner validation part (early stopping only)
 
@@ -136,8 +136,8 @@ def train_fold(s: Setup, k: int, device: torch.device, progress: bool = False) -
     """Train fold ``k`` (train parts joined, inner validation parts joined); returns the best-epoch model and its
     history (``best_epoch``: the epoch of the lowest validation loss, which the model holds)."""
     cfg, prof = s.cfg, PROFILES[s.profile]
-    train = _joined([p.full.subset(f[k]["train"], size=cfg.size, augment=cfg.augment) for p, f in zip(s.parts, s.folds)])
-    val = _joined([p.full.subset(f[k]["val"], size=cfg.size) for p, f in zip(s.parts, s.folds)])
+    train = joined([p.full.subset(f[k]["train"], size=cfg.size, augment=cfg.augment) for p, f in zip(s.parts, s.folds)])
+    val = joined([p.full.subset(f[k]["val"], size=cfg.size) for p, f in zip(s.parts, s.folds)])
     train = jittered(train, cfg.intensity_augment, cfg.scale_augment, cfg.seed)
     with seeded(cfg.seed, device):
         extra = {**s.recipe.model, **({"variant": s.recipe.variant} if s.recipe.variant else {})}

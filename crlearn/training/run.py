@@ -122,7 +122,7 @@ def split_groups(parts: Sequence[Part]) -> dict[str, list[str]]:
             for name in ("train", "val", "test")}
 
 
-def _joined(sets: list[SegmentationDataset]) -> Dataset:
+def joined(sets: list[SegmentationDataset]) -> Dataset:
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
@@ -188,9 +188,9 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
     if log:
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
             f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
-    train_set = jittered(_joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts]),
+    train_set = jittered(joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts]),
                          cfg.intensity_augment, cfg.scale_augment, cfg.seed)
-    val_set = _joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts]) if split == "holdout" else None
+    val_set = joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts]) if split == "holdout" else None
     history = fit(model, train_set, val_set, cfg, names, run_dir=out, resume=resume, device=device, progress=progress)
     metrics = run_metrics(model, parts, history, cfg, name, device, tta, split)
     if out is not None and is_main():
