@@ -79,13 +79,22 @@ def _gaussian_filter(stack: Tensor, window_size: int, sigma: float) -> Tensor:
     columns (two depthwise convs, ``groups`` = number of channels) equals one 2-D
     convolution at 2k instead of k^2 multiply-adds per pixel. Zero padding of
     ``window_size // 2`` on each side keeps H x W, as in BASNet's ``pytorch_ssim``.
+    On CPU the same blur runs as two banded matrix products, a speed workaround
+    (:mod:`crlearn.training.perf`, workaround 3).
     """
-    n = stack.shape[1]  # channels to blur independently
     g = _gaussian_1d(window_size, sigma, stack.dtype, stack.device)
-    pad = window_size // 2
-    stack = F.conv2d(stack, g.view(1, 1, 1, -1).expand(n, 1, 1, window_size), padding=(0, pad), groups=n)
-    stack = F.conv2d(stack, g.view(1, 1, -1, 1).expand(n, 1, window_size, 1), padding=(pad, 0), groups=n)
-    return stack
+    if stack.device.type == "cpu":
+        from crlearn.training.perf import gaussian_blur_banded
+
+        return gaussian_blur_banded(stack, g)
+    return _gaussian_filter_conv(stack, g)
+
+
+def _gaussian_filter_conv(stack: Tensor, g: Tensor) -> Tensor:
+    """The blur of :func:`_gaussian_filter` as two depthwise 1-D convolutions (rows, then columns)."""
+    n, k = stack.shape[1], g.numel()  # channels to blur independently, taps
+    stack = F.conv2d(stack, g.view(1, 1, 1, -1).expand(n, 1, 1, k), padding=(0, k // 2), groups=n)
+    return F.conv2d(stack, g.view(1, 1, -1, 1).expand(n, 1, k, 1), padding=(k // 2, 0), groups=n)
 
 
 # --------------------------------------------------------------------------- the three terms

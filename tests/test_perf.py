@@ -75,3 +75,31 @@ def test_keep_freed_memory_on_glibc_and_a_no_op_elsewhere(monkeypatch):
     assert perf.keep_freed_memory() is glibc  # calling it again is harmless
     monkeypatch.setattr(sys, "platform", "darwin")
     assert perf.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 32, 32), (1, 3, 24, 40), (1, 2, 7, 9)])
+def test_banded_blur_equals_the_depthwise_convolutions_values_and_gradients(shape):
+    from crlearn.losses import _gaussian_1d, _gaussian_filter_conv
+    from crlearn.training.perf import gaussian_blur_banded
+
+    x = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    g = _gaussian_1d(11, 1.5, torch.float64, x.device)
+    w = torch.rand(shape, dtype=torch.float64)
+    banded, conv = gaussian_blur_banded(x, g), _gaussian_filter_conv(x, g)
+    torch.testing.assert_close(banded, conv)
+    (grad_banded,) = torch.autograd.grad((banded * w).sum(), x)
+    (grad_conv,) = torch.autograd.grad((conv * w).sum(), x)
+    torch.testing.assert_close(grad_banded, grad_conv)
+
+
+def test_banded_blur_on_a_channels_last_stack_and_the_loss_uses_it_on_cpu(monkeypatch):
+    from crlearn import losses
+    from crlearn.training import perf
+
+    x = torch.rand(2, 5, 16, 16).contiguous(memory_format=torch.channels_last)
+    g = losses._gaussian_1d(11, 1.5, x.dtype, x.device)
+    torch.testing.assert_close(perf.gaussian_blur_banded(x, g), losses._gaussian_filter_conv(x, g))
+    calls = []
+    monkeypatch.setattr(perf, "gaussian_blur_banded", lambda s, k: calls.append(s.shape) or s)
+    losses.ssim(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
+    assert calls == [(1, 5, 16, 16)]

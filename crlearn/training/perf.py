@@ -19,6 +19,14 @@ fixed: delete its function here and its call sites; nothing else changes.
    (``mallopt``) so freed buffers are reused. PyTorch's CPU performance guide suggests jemalloc or tcmalloc
    (``LD_PRELOAD``) for the same reason; this needs no install. The cost: the process keeps its peak memory
    until it exits. Linux with glibc only; elsewhere it does nothing.
+3. **Depthwise convolution on CPU.** The SSIM term of the hybrid loss blurs its five statistics maps with two
+   depthwise 1-D Gaussian convolutions (:func:`crlearn.losses.ssim`, the lesson). On CPU, oneDNN's depthwise
+   convolution with an 11-tap kernel, and above all its backward, is slow: it took 37 % of a quick-profile training
+   step on the 2-core AVX-512 CPU. :func:`gaussian_blur_banded` computes the same 'same'-padded blur as two matrix
+   products with banded matrices (BLAS), which the loss uses on CPU: the same numbers to float rounding, the
+   training step x1.26 faster there (x1.07 with AVX2 kernels only; ``results/ssim_blur_cpu.md``). How to retire it: time
+   :func:`crlearn.losses.ssim` forward + backward on that shape with the convolutions; when they are no slower,
+   delete the function and its call in ``crlearn.losses._gaussian_filter``.
 """
 
 from __future__ import annotations
@@ -80,3 +88,20 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def _banded(n: int, g: Tensor) -> Tensor:
+    """``(n, n)`` matrix M with ``M[i, j] = g[j - i + k // 2]`` inside the band, 0 outside: ``M @ v`` is ``v``
+    filtered by ``g`` with zero 'same' padding."""
+    k = g.numel()
+    idx = torch.arange(n, device=g.device)
+    offset = idx[None, :] - idx[:, None] + k // 2  # (n, n) tap index of g
+    inside = (offset >= 0) & (offset < k)
+    return torch.where(inside, g[offset.clamp(0, k - 1)], torch.zeros((), dtype=g.dtype, device=g.device))
+
+
+def gaussian_blur_banded(stack: Tensor, g: Tensor) -> Tensor:
+    """Separable blur of each ``(H, W)`` map of ``stack`` by the 1-D kernel ``g`` (odd length, zero 'same' padding)
+    as ``M_H @ stack @ M_W^T`` (workaround 3): equal to the two depthwise convolutions to float rounding."""
+    h, w = stack.shape[-2:]
+    return _banded(h, g) @ stack @ _banded(w, g).T
