@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from crlearn.training import perf
 from crlearn.data.augment import AUGMENTATIONS, apply_view
 from crlearn.data.folder import MERGED_CLASS
-from crlearn.metrics import SegmentationMeter
+from crlearn.metrics import SegmentationMeter, confusion_counts
 from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
 
@@ -97,3 +98,20 @@ def evaluate(model: nn.Module, dataset: Any, size: int, device: str | torch.devi
             target = torch.cat([target, target.any(1, keepdim=True)], 1)
         meter.update(pred, target)
     return meter.compute()
+
+
+def patient_counts(model: nn.Module, test_set: Any, size: int,
+                   device: str | torch.device | None = None, tta: bool = True,
+                   batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Pixel counts per patient group of a :class:`~crlearn.data.folder.SegmentationDataset` at the slices' own
+    resolution: ``{group: (K, 3) [TP, FP, FN] per class}`` (the input of :mod:`crlearn.stats`'s patient bootstrap)."""
+    out: dict[str, np.ndarray] = {}
+    groups = test_set.groups
+    for i in range(0, len(test_set.records), batch_size):
+        target = test_set.one_hot(test_set.labels[i : i + batch_size]) > 0.5  # (B, K, H, W)
+        _, pred = predict(model, test_set.images[i : i + batch_size], size, device, tta=tta)  # (B, K, H, W)
+        c = confusion_counts(pred, target)
+        per_slice = torch.stack([c["tp"], c["fp"], c["fn"]], dim=-1).numpy()  # (B, K, 3)
+        for g, counts in zip(groups[i : i + batch_size], per_slice):
+            out[g] = out.get(g, 0) + counts.astype(np.int64)
+    return out

@@ -1,6 +1,7 @@
 """The Table 7 ablation's classification column: each row's encoder as the slice classifier of §2.8. One row, one
 epoch, tiny folders, no test-time augmentation: seconds."""
 
+import numpy as np
 import pytest
 from test_classification import write_folder
 
@@ -63,3 +64,32 @@ def test_paired_differences_hand_computed():
     assert pairs[0]["mean"] == pytest.approx(0.0) and pairs[0]["std"] == pytest.approx(0.1)
     assert pairs[2]["diffs"] == pytest.approx([0.3, 0.1, 0.2]) and pairs[2]["wins"] == 3
     assert "u → h" in paired_markdown(result) and "+0.200 ± 0.100" in paired_markdown(result)
+
+
+def test_ablation_over_seeds_keeps_the_folds_pools_patients_and_pairs_run_by_run(small_data):
+    from crlearn.stats import dice_from_counts
+    from crlearn.tasks.ablation import paired_differences, paired_markdown
+
+    kwargs = dict(profile="quick", folds=2, epochs=1, rows=TABLE7[2:], device="cpu", progress=False, tta=False)
+    two = run_ablation(small_data, seeds=2, **kwargs)
+    one = run_ablation(small_data, **kwargs)
+    assert two["seeds"] == 2 and one["seeds"] == 1
+    for r2, r1 in zip(two["rows"], one["rows"]):
+        assert [(f["seed"], f["fold"]) for f in r2["folds"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert [f["dice"] for f in r2["folds"][:2]] == [f["dice"] for f in r1["folds"]]  # seed 0 as alone
+        tested = [set(f["patients"]) for f in r2["folds"]]
+        assert tested[0] == tested[2] and tested[1] == tested[3] and not tested[0] & tested[1]  # same folds
+        totals = {}
+        for f in r2["folds"]:
+            for g, c in zip(f["patients"], f["counts"]):
+                totals[g] = [a + b for a, b in zip(totals.get(g, [0, 0, 0]), c)]
+        assert r2["pooled_dice"]["value"] == pytest.approx(dice_from_counts(sum(map(np.array, totals.values()))))
+        assert r2["pooled_dice"]["patients"] == len(totals)
+        for f in r2["folds"]:  # the run's own Dice is its counts' Dice
+            assert f["dice"] == pytest.approx(dice_from_counts(np.sum(f["counts"], axis=0)), abs=1e-6)
+    [pair] = paired_differences(two)
+    assert pair["folds"] == 4 and pair["low"] <= pair["mean"] <= pair["high"]
+    assert "2 group folds x 2 seeds" in ablation_markdown(two) and "pooled Dice [95 % CI]" in ablation_markdown(two)
+    assert "95 % CI of the mean" in paired_markdown(two)
+    with pytest.raises(ValueError, match="seeds"):
+        run_ablation(small_data, seeds=0, **kwargs)

@@ -218,7 +218,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     with process_group(args.device) as launch:  # under torchrun the (fold, row) runs are dealt out over the ranks
         result = run_ablation(args.data, profile, folds=args.folds, seed=args.seed, epochs=args.epochs,
                               max_minutes=args.max_minutes, device=launch.device, progress=not args.quiet,
-                              tta=args.tta, classify_data=args.classify, fast=args.fast)
+                              tta=args.tta, classify_data=args.classify, fast=args.fast, seeds=args.seeds)
     if not launch.is_main:  # rank 0 writes and reports for all
         return 0
     result.pop("models")
@@ -367,6 +367,8 @@ def _eval_parsers(sub: Any) -> None:
     _add_profile(a)
     a.add_argument("--folds", type=int, default=None, help="repeat over K group folds: mean ± std")
     a.add_argument("--epochs", type=int, default=None, help="cap every row's epochs")
+    a.add_argument("--seeds", type=int, default=1, help="train every fold with N seeds (--seed, --seed + 1, ...; the "
+                   "folds stay those of --seed): paired comparisons run by run")
     a.add_argument("--fast", choices=["off", "eager", "graph", "compile"], default=None,
                    help="the training step's route (default: the profile's; graph and compile need CUDA)")
     a.add_argument("--classify", nargs="?", const=str(default_classification_dir()), default=None, metavar="DIR",

@@ -2,7 +2,10 @@
 
 Every row is trained on the same split with the same seed and evaluated on the merged ``infection`` class
 (the setting of Table 7) at the data's own resolution. With ``folds`` the rows are repeated over group folds
-and reported as mean ± std.
+and reported as mean ± std; with ``seeds`` every fold is trained again with other seeds (weights and batch order;
+the folds stay fixed). Each row also gets its Dice pooled out of fold over the patients (counts summed over the
+seeds) with a 95 % bootstrap interval over patients, and :func:`paired_differences` compares rows run by run (the
+same fold and seed) with an interval over runs.
 
 Table 7 also gives each row's COVID-19 slice classification accuracy: the row's encoder as the classifier of §2.8.
 With ``classify_data`` every trained model gets that column too: its encoder, frozen, under a linear head
@@ -28,12 +31,13 @@ from crlearn.tasks.classifier import classifier_from_segmenter, evaluate_classif
 from crlearn.tasks.classifier_run import ClassifyConfig, classify_config, fit_classifier, split_groups
 from crlearn.data.folder import MERGED_CLASS, SegmentationDataset, default_data_dir
 from crlearn.training.engine import fit, seeded
-from crlearn.inference import evaluate
+from crlearn.inference import evaluate, patient_counts
 from crlearn.nn.model import CRNet
 from crlearn.training import distributed
 from crlearn.training.config import PROFILES, TrainConfig
 from crlearn.training.device import pick_device
 from crlearn.report import DISCLAIMER, hardware, markdown_table
+from crlearn.stats import bootstrap_mean, bootstrap_pooled, format_interval
 from crlearn.data.splits import group_folds, split_by_group
 
 
@@ -126,8 +130,10 @@ def _train_row(parts: tuple[SegmentationDataset, SegmentationDataset, Segmentati
     train_set, val_set, test_set = parts
     model, hist, seconds = train_fresh(lambda: CRNet(prof.model_config(num_classes=1, variant=row.variant)),
                                        cfg, train_set, val_set, names, device, progress)
+    counts = patient_counts(model, test_set, cfg.size, device, tta=tta)  # {group: (1, 3)}
     scores = {**evaluate(model, test_set, cfg.size, device, tta=tta)["pooled"][MERGED_CLASS],
-              "seconds": seconds, "epochs": len(hist["epoch"])}
+              "seconds": seconds, "epochs": len(hist["epoch"]), "seed": cfg.seed,
+              "patients": list(counts), "counts": [counts[g][0].tolist() for g in counts]}
     if task is not None:
         scores.update(classification_scores(model, task, device, progress))
     return scores, model.cpu()
@@ -135,21 +141,25 @@ def _train_row(parts: tuple[SegmentationDataset, SegmentationDataset, Segmentati
 
 def _spread_rows(full: SegmentationDataset, splits: Sequence[dict[str, list[int]]], rows: Sequence[AblationRow],
                  prof: Any, overrides: dict[str, Any], base_cfg: TrainConfig, device: torch.device, progress: bool,
-                 tta: bool, task: ClassifyTask | None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, CRNet]]:
-    """Every (split, row) run, as independent jobs (under ``torchrun`` dealt out over the ranks): each row's scores
-    fold by fold, and the last fold's models (one process only). A split's parts are built once per process."""
-    jobs = [(k, row) for k in range(len(splits)) for row in rows]
+                 tta: bool, task: ClassifyTask | None, seeds: Sequence[int]
+                 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, CRNet]]:
+    """Every (seed, split, row) run, as independent jobs (under ``torchrun`` dealt out over the ranks): each row's
+    scores run by run (seed-major, then fold), and the last run's models (one process only). A split's parts are
+    built once per process."""
+    jobs = [(s, k, row) for s in seeds for k in range(len(splits)) for row in rows]
     parts: dict[int, tuple] = {}
 
-    def job(kr: tuple[int, AblationRow]) -> tuple[dict[str, Any], CRNet | None]:
-        k, row = kr
+    def job(skr: tuple[int, int, AblationRow]) -> tuple[dict[str, Any], CRNet | None]:
+        s, k, row = skr
         if k not in parts:
             parts[k] = fold_sets(full, splits[k], base_cfg)
-        return _keep_model(*_train_row(parts[k], row, prof, overrides, full.class_names, device, progress, tta, task))
+        scores, model = _train_row(parts[k], row, prof, {**overrides, "seed": s}, full.class_names, device,
+                                   progress, tta, task)
+        return _keep_model({"fold": k, **scores}, model)
 
     done = distributed.spread(job, jobs)
-    per_row = {r.key: [scores for (_, row), (scores, _) in zip(jobs, done) if row is r] for r in rows}
-    return per_row, {row.key: model for (_, row), (_, model) in zip(jobs, done) if model is not None}
+    per_row = {r.key: [scores for (_, _, row), (scores, _) in zip(jobs, done) if row is r] for r in rows}
+    return per_row, {row.key: model for (_, _, row), (_, model) in zip(jobs, done) if model is not None}
 
 
 def run_ablation(
@@ -165,6 +175,7 @@ def run_ablation(
     tta: bool = True,
     classify_data: str | Path | None = None,
     fast: str | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Train and evaluate every row; returns ``{"rows": [...], "profile": ..., "hardware": ..., ...}``.
 
@@ -178,7 +189,14 @@ def run_ablation(
     ``classify_data`` (a labelled folder, e.g. :func:`crlearn.data.slices.default_classification_dir`; ``None``
     skips it) adds Table 7's accuracy column: :func:`classification_scores` of each trained model on the run's one
     :func:`classification_task` (``epochs`` does not cap the head): ``cls_accuracy``, ``cls_auc``, ``classify``.
+
+    ``seeds`` trains every (fold, row) with the seeds ``seed, seed + 1, ...`` (weights and batch order); the folds
+    are dealt by ``seed`` alone, so every seed sees the same folds. Each row's ``folds`` list then holds its
+    ``folds x seeds`` runs (each with its ``fold`` and ``seed``), and ``pooled_dice`` its out-of-fold Dice over the
+    patients with a bootstrap interval.
     """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     t_wall = time.perf_counter()
     prof = PROFILES[profile]
     device = pick_device(device)
@@ -189,13 +207,15 @@ def run_ablation(
     splits = group_folds(full.groups, folds, seed) if folds else [split_by_group(full.groups, seed=seed)]
     task = classification_task(classify_data, profile, base_cfg.size, seed) if classify_data is not None else None
     t_start = time.perf_counter()
-    per_row, models = _spread_rows(full, splits, rows, prof, overrides, base_cfg, device, progress, tta, task)
+    per_row, models = _spread_rows(full, splits, rows, prof, overrides, base_cfg, device, progress, tta, task,
+                                   range(seed, seed + seeds))
     return {
         "profile": profile,
         "hardware": hardware(),
         "device": str(device),
         "folds": folds or 1,
         "seed": seed,
+        "seeds": seeds,
         "train_config": dict(vars(base_cfg)),
         "model_config": prof.model_config(num_classes=1).to_dict(),
         "tta": tta,  # five-view test-time augmentation at evaluation
@@ -222,16 +242,33 @@ def summarise_row(row: AblationRow, runs: Sequence[dict[str, float]]) -> dict[st
         if len(vals) > 1:
             entry[f"{metric}_std"] = float(vals.std(ddof=1))
     entry["dice_mean"] = entry["dice"]  # the name results/ and the GPU issue use for the mean over folds
+    if runs and all("counts" in r for r in runs):
+        entry["pooled_dice"] = bootstrap_pooled(list(_patient_totals(runs).values()))
     entry["folds"] = list(runs)
     return entry
+
+
+def _patient_totals(runs: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Each patient's test ``[TP, FP, FN]`` summed over the runs that tested it (one per seed)."""
+    totals: dict[str, np.ndarray] = {}
+    for r in runs:
+        for g, c in zip(r["patients"], r["counts"]):
+            totals[g] = totals.get(g, 0) + np.asarray(c, dtype=float)
+    return dict(sorted(totals.items()))
 
 
 def ablation_markdown(result: dict[str, Any]) -> str:
     """Table 7 laid out with the paper's Dice beside this run's; with a ``classify`` entry, the paper's slice
     classification accuracy beside this run's, and its AUC."""
-    k = result["folds"]
+    k, n = result["folds"], result.get("seeds", 1)
+    runs = f"{k} group folds" + (f" x {n} seeds" if n > 1 else "")
+    seeds = f"seed {result['seed']}" if n == 1 else f"seeds {result['seed']}-{result['seed'] + n - 1}"
     head = (f"Ablation (paper Table 7), profile `{result['profile']}`, {result['hardware']}, "
-            f"{'mean ± std over ' + str(k) + ' group folds' if k > 1 else 'one group split'}, seed {result['seed']}.")
+            f"{'mean ± std over ' + runs if k * n > 1 else 'one group split'}, {seeds}.")
+    pooled = all("pooled_dice" in r for r in result["rows"])
+    if pooled:
+        head += (" Pooled Dice: out of fold over the patients (counts summed over the seeds), 95 % interval by "
+                 "bootstrap over patients.")
     cls = result.get("classify")
     if cls:
         head += (f" Accuracy: the row's encoder, frozen, under a linear head trained on `{Path(cls['data']).name}`, "
@@ -242,29 +279,35 @@ def ablation_markdown(result: dict[str, Any]) -> str:
             return "-"
         return f"{r[m]:.3f} ± {r[m + '_std']:.3f}" if f"{m}_std" in r else f"{r[m]:.3f}"
 
-    header = ["row", "paper Dice", "this run Dice", "IoU", "precision", "recall", "boundary F1"]
+    header = ["row", "paper Dice", "this run Dice", *(["pooled Dice [95 % CI]"] if pooled else []), "IoU",
+              "precision", "recall", "boundary F1"]
     header += ["paper accuracy", "this run accuracy", "AUC"] if cls else []
-    cells = [[r["label"], f"{r['paper_dice']:.3f}", *(fmt(r, m) for m in ("dice", "iou", "precision", "recall",
-              "boundary_f1")), *([f"{r['paper_accuracy']:.3f}", *(fmt(r, m) for m in CLS_METRICS)] if cls else []),
+    cells = [[r["label"], f"{r['paper_dice']:.3f}", fmt(r, "dice"),
+              *([format_interval(r["pooled_dice"])] if pooled else []),
+              *(fmt(r, m) for m in ("iou", "precision", "recall", "boundary_f1")),
+              *([f"{r['paper_accuracy']:.3f}", *(fmt(r, m) for m in CLS_METRICS)] if cls else []),
               f"{r['seconds']:.0f}"] for r in result["rows"]]
     return f"{head}\n\n{markdown_table(header + ['train s'], cells)}\n"
 
 
 def paired_differences(result: dict[str, Any], metric: str = "dice") -> list[dict[str, Any]]:
-    """Each row against the row before it, and the last row against the first, fold by fold: the folds share the
-    test slices, so the per-fold difference removes what the split does to both rows (a paired comparison).
+    """Each row against the row before it, and the last row against the first, run by run (fold by fold, and seed
+    by seed): the runs share the test slices, so the per-run difference removes what the split does to both rows
+    (a paired comparison).
 
-    Returns one entry per comparison: ``{"a", "b", "diffs": [b - a per fold], "mean", "std" (None for one fold),
-    "wins": folds where b > a, "folds"}``.
+    Returns one entry per comparison: ``{"a", "b", "diffs": [b - a per run], "mean", "std" (None for one run),
+    "low", "high" (the mean's 95 % bootstrap interval over runs, :func:`crlearn.stats.bootstrap_mean`), "wins":
+    runs where b > a, "folds": the number of runs}``.
     """
     rows = result["rows"]
     pairs = [(rows[i - 1], rows[i]) for i in range(1, len(rows))] + ([(rows[0], rows[-1])] if len(rows) > 2 else [])
     out = []
     for a, b in pairs:
         diffs = np.array([fb[metric] - fa[metric] for fa, fb in zip(a["folds"], b["folds"])], dtype=float)
+        ci = bootstrap_mean(diffs)  # the mean difference's interval over runs
         out.append({"a": a["label"], "b": b["label"], "diffs": diffs.tolist(), "mean": float(diffs.mean()),
-                    "std": float(diffs.std(ddof=1)) if len(diffs) > 1 else None, "wins": int((diffs > 0).sum()),
-                    "folds": len(diffs)})
+                    "std": float(diffs.std(ddof=1)) if len(diffs) > 1 else None, "low": ci["low"],
+                    "high": ci["high"], "wins": int((diffs > 0).sum()), "folds": len(diffs)})
     return out
 
 
@@ -272,5 +315,7 @@ def paired_markdown(result: dict[str, Any], metric: str = "dice") -> str:
     """:func:`paired_differences` as a Markdown table."""
     cells = [[f"{p['a']} → {p['b']}", ", ".join(f"{d:+.3f}" for d in p["diffs"]),
               f"{p['mean']:+.3f}" + (f" ± {p['std']:.3f}" if p["std"] is not None else ""),
-              f"{p['wins']}/{p['folds']}"] for p in paired_differences(result, metric)]
-    return markdown_table(["comparison", f"{metric} difference per fold", "mean ± std", "folds improved"], cells)
+              f"[{p['low']:+.3f}, {p['high']:+.3f}]", f"{p['wins']}/{p['folds']}"]
+             for p in paired_differences(result, metric)]
+    return markdown_table(["comparison", f"{metric} difference per run", "mean ± std", "95 % CI of the mean",
+                           "runs improved"], cells)

@@ -42,8 +42,7 @@ import torch
 
 from crlearn.data.folder import SegmentationDataset, default_data_dir, scan_folder
 from crlearn.data.splits import group_folds
-from crlearn.inference import predict
-from crlearn.metrics import confusion_counts
+from crlearn.inference import patient_counts
 from crlearn.nn.model import build_model
 from crlearn.report import DISCLAIMER, hardware, markdown_table
 from crlearn.stats import N_BOOT, bootstrap_pooled, dice_from_counts, paired_comparison
@@ -121,22 +120,6 @@ class CompareJob:
     row: CompareRow
     fold: int
     seed: int
-
-
-def patient_counts(model: torch.nn.Module, test_set: SegmentationDataset, size: int,
-                   device: str | torch.device | None = None, tta: bool = True,
-                   batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Pixel counts per patient group at the slices' own resolution: ``{group: (K, 3) [TP, FP, FN] per class}``."""
-    out: dict[str, np.ndarray] = {}
-    groups = test_set.groups
-    for i in range(0, len(test_set.records), batch_size):
-        target = test_set.one_hot(test_set.labels[i : i + batch_size]) > 0.5  # (B, K, H, W)
-        _, pred = predict(model, test_set.images[i : i + batch_size], size, device, tta=tta)  # (B, K, H, W)
-        c = confusion_counts(pred, target)
-        per_slice = torch.stack([c["tp"], c["fp"], c["fn"]], dim=-1).numpy()  # (B, K, 3)
-        for g, counts in zip(groups[i : i + batch_size], per_slice):
-            out[g] = out.get(g, 0) + counts.astype(np.int64)
-    return out
 
 
 def run_job(setup: CompareSetup, job: CompareJob, full: SegmentationDataset, progress: bool = False
