@@ -1,8 +1,9 @@
-"""The Table 7 ablation's classification column: each row's encoder as the slice classifier of §2.8. One row, one
+"""The Table 7 ablation: its classification column (each row's encoder as the slice classifier of §2.8), seeds, the rows' saved models. Few rows, one
 epoch, tiny folders, no test-time augmentation: seconds."""
 
 import numpy as np
 import pytest
+import torch
 from test_classification import write_folder
 
 from crlearn.tasks.ablation import TABLE7, ablation_markdown, run_ablation, summarise_row
@@ -93,3 +94,28 @@ def test_ablation_over_seeds_keeps_the_folds_pools_patients_and_pairs_run_by_run
     assert "95 % CI of the mean" in paired_markdown(two)
     with pytest.raises(ValueError, match="seeds"):
         run_ablation(small_data, seeds=0, **kwargs)
+
+
+def test_row_models_saved_in_half_precision_load_back_and_predict_alike(small_data, tmp_path):
+    from crlearn.tasks.ablation import load_row_models, save_row_models
+    from crlearn.training.checkpoint import CheckpointError, load_checkpoint
+
+    result = run_ablation(small_data, profile="quick", epochs=1, rows=TABLE7[2:], device="cpu", progress=False,
+                          tta=False)
+    paths = save_row_models(result, tmp_path)
+    assert [p.name for p in paths] == ["refine.pt", "hybrid.pt"]
+    loaded = load_row_models(tmp_path, TABLE7[2:])
+    x = torch.rand(2, 1, 128, 128)
+    for key, model in loaded.items():
+        assert not model.training and next(model.parameters()).dtype == torch.float32
+        with torch.no_grad():
+            torch.testing.assert_close(model(x).final, result["models"][key].eval()(x).final, atol=0.05, rtol=0.01)
+    _, ckpt = load_checkpoint(paths[1])
+    assert ckpt["weights_dtype"] == "float16" and ckpt["row"] == "hybrid" and ckpt["train_config"]["hybrid"]
+    assert ckpt["split"] == result["splits"][-1] and ckpt["data"] == small_data.name
+    params = sum(p.numel() for p in loaded["hybrid"].parameters())
+    assert paths[1].stat().st_size < 2.2 * params + 200_000  # two bytes a weight, plus the file's bookkeeping
+    with pytest.raises(CheckpointError, match="unet.pt"):
+        load_row_models(tmp_path)  # the first two rows were not saved
+    with pytest.raises(ValueError, match="no trained model"):
+        save_row_models({**result, "models": {}}, tmp_path)

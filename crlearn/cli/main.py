@@ -205,7 +205,7 @@ def cmd_burden(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from crlearn.tasks.ablation import ablation_markdown, run_ablation
+    from crlearn.tasks.ablation import ablation_markdown, run_ablation, save_row_models
     from crlearn.training.checkpoint import atomic_write_bytes, atomic_write_json
     from crlearn.training.config import resolve_profile
     from crlearn.report import save_figure
@@ -221,14 +221,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                               tta=args.tta, classify_data=args.classify, fast=args.fast, seeds=args.seeds)
     if not launch.is_main:  # rank 0 writes and reports for all
         return 0
-    result.pop("models")
     out.mkdir(parents=True, exist_ok=True)
+    saved = save_row_models(result, out) if args.save_models else []
+    result.pop("models")
     md = ablation_markdown(result)
     atomic_write_json(out / "ablation.json", result)
     atomic_write_bytes(out / "ablation.md", md.encode())
     save_figure(plot_ablation(result["rows"], f"profile {profile}, {result['hardware']}"), out / "ablation.png")
     print(md)
-    print(f"wrote {out}/: ablation.json ablation.md ablation.png")
+    print(f"wrote {out}/: ablation.json ablation.md ablation.png", *(p.name for p in saved))
     print(DISCLAIMER)
     return 0
 
@@ -371,6 +372,8 @@ def _eval_parsers(sub: Any) -> None:
                    "folds stay those of --seed): paired comparisons run by run")
     a.add_argument("--fast", choices=["off", "eager", "graph", "compile"], default=None,
                    help="the training step's route (default: the profile's; graph and compile need CUDA)")
+    a.add_argument("--save-models", action="store_true",
+                   help="also write each row's model of the last fold and seed as a half-precision <row>.pt")
     a.add_argument("--classify", nargs="?", const=str(default_classification_dir()), default=None, metavar="DIR",
                    help="add Table 7's classification accuracy: each row's encoder, frozen, under a linear head "
                         "trained and tested on a labelled folder's group split (default DIR: data_sample/sarscov2_ct)")

@@ -34,6 +34,7 @@ from crlearn.training.engine import fit, seeded
 from crlearn.inference import evaluate, patient_counts
 from crlearn.nn.model import CRNet
 from crlearn.training import distributed
+from crlearn.training.checkpoint import load_checkpoint, save_checkpoint
 from crlearn.training.config import PROFILES, TrainConfig
 from crlearn.training.device import pick_device
 from crlearn.report import DISCLAIMER, hardware, markdown_table
@@ -221,12 +222,37 @@ def run_ablation(
         "tta": tta,  # five-view test-time augmentation at evaluation
         "total_seconds": time.perf_counter() - t_start,  # training and evaluation of every row and fold
         "wall_seconds": time.perf_counter() - t_wall,  # the whole call, the data loading included
+        "data": full.root.name,
+        "splits": [{part: list(map(int, idx)) for part, idx in split.items()} for split in splits],
         "rows": [summarise_row(row, per_row[row.key]) for row in rows],
         "models": models,
         "note": "Paper numbers: Huang et al. 2022, Table 7, on their own data and at full scale; "
         f"this run: {full.root.name}, this profile. {DISCLAIMER}",
         **({"classify": task_record(task)} if task is not None else {}),
     }
+
+
+def save_row_models(result: dict[str, Any], folder: str | Path) -> list[Path]:
+    """Each row's model of the last run (``result["models"]``, one process only) as a half-precision checkpoint
+    ``<key>.pt`` in ``folder`` (a few MB each; :func:`load_row_models` and ``crlearn predict`` read them), with the
+    row, the data folder's name and the split it was trained on. Returns the paths."""
+    missing = [row["key"] for row in result["rows"] if row["key"] not in result.get("models", {})]
+    if missing:
+        raise ValueError(f"no trained model for rows {missing}: the models stay in one process (not under torchrun)")
+    paths = []
+    for row in result["rows"]:
+        cfg = TrainConfig(**{**result["train_config"], "hybrid": row["hybrid"]})
+        path = Path(folder) / f"{row['key']}.pt"
+        save_checkpoint(path, result["models"][row["key"]], [MERGED_CLASS], cfg, half=True, row=row["key"],
+                        label=row["label"], data=result["data"], split=result["splits"][-1])
+        paths.append(path)
+    return paths
+
+
+def load_row_models(folder: str | Path, rows: Sequence[AblationRow] = TABLE7) -> dict[str, CRNet]:
+    """The rows' models saved by :func:`save_row_models` (``crlearn ablate --save-models``), by row key, in eval
+    mode on the CPU; a missing or foreign file raises :class:`~crlearn.training.checkpoint.CheckpointError` naming it."""
+    return {row.key: load_checkpoint(Path(folder) / f"{row.key}.pt")[0] for row in rows}
 
 
 def summarise_row(row: AblationRow, runs: Sequence[dict[str, float]]) -> dict[str, Any]:

@@ -82,12 +82,14 @@ def fresh_path(path: str | Path, explicit: bool = True, force: bool = False, is_
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, class_names: Sequence[str], train_config: Any, **state: Any
+    path: str | Path, model: nn.Module, class_names: Sequence[str], train_config: Any, half: bool = False,
+    **state: Any
 ) -> None:
     """Weights, model and training config, class names and package version, written atomically.
 
     ``train_config`` is a :class:`~crlearn.training.config.TrainConfig`. Extra ``state`` (optimizer, epoch, history...)
-    lets :func:`crlearn.training.engine.fit` resume the same run.
+    lets :func:`crlearn.training.engine.fit` resume the same run. ``half`` stores the floating-point weights as
+    float16 (half the file, for shipped demo models); :func:`load_checkpoint` loads them into float32 modules.
     """
     model = getattr(model, "_orig_mod", model)
     ensemble = isinstance(model, CRNetEnsemble)  # one file for the whole ensemble, with its own tag
@@ -98,7 +100,8 @@ def save_checkpoint(
         "model_config": model.config.to_dict(),
         "train_config": dataclasses.asdict(train_config),
         "class_names": list(class_names),
-        "state_dict": cpu_state(model),
+        "state_dict": _half(cpu_state(model)) if half else cpu_state(model),
+        "weights_dtype": "float16" if half else "float32",
         **state,
     }
     atomic_torch_save(ckpt, path)
@@ -112,6 +115,10 @@ def record_in_checkpoints(run_dir: str | Path, **fields: Any) -> None:
         path = Path(run_dir) / name
         if path.is_file():
             atomic_torch_save({**torch.load(path, map_location="cpu", weights_only=True), **fields}, path)
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
