@@ -117,6 +117,61 @@ def plot_ablation(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     return fig
 
 
+LOSS_TERMS = {"BCE": "bce", "SSIM": "ssim", "IoU": "iou"}  # label: key of crlearn.losses.loss_maps
+
+
+def plot_prediction_and_loss_term(image: Any, target: Any, logits: Any, term: str = "BCE", title: str = ""
+                                  ) -> Figure:
+    """One slice of one class: the ground truth, the prediction (probability >= 0.5) and the per-pixel map of one
+    term of the hybrid loss (``"BCE"``, ``"SSIM"`` or ``"IoU"``; :func:`crlearn.losses.loss_maps`), whose mean is
+    that term's loss on the slice. ``target`` and ``logits`` are ``(1, H, W)`` or ``(H, W)``."""
+    from crlearn.losses import loss_maps
+
+    logit = torch.as_tensor(to_numpy(logits), dtype=torch.float32).reshape(1, 1, *np.shape(to_numpy(logits))[-2:])
+    truth = torch.as_tensor(to_numpy(target)).reshape(logit.shape).float()
+    term_map = loss_maps(logit, truth)[LOSS_TERMS[term]][0, 0].numpy()
+    pred = (torch.sigmoid(logit) >= 0.5)[0].numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7))
+    axes[0].imshow(overlay(image, truth[0].numpy(), [MERGED_CLASS]))
+    axes[0].set_title("ground truth", fontsize=9)
+    axes[1].imshow(overlay(image, pred, [MERGED_CLASS]))
+    axes[1].set_title(f"prediction (p >= 0.5): {title}" if title else "prediction (p >= 0.5)", fontsize=9)
+    shown = axes[2].imshow(term_map, cmap="magma")
+    axes[2].set_title(f"{term} term per pixel: mean {term_map.mean():.3f}", fontsize=9)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(DISCLAIMER, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(curves: dict[str, dict[str, Any]], sweep: dict[str, Any] | None = None,
+                     chosen: float | None = None) -> Figure:
+    """A reliability diagram (each curve: :func:`crlearn.calibration.reliability`, labelled with its ECE; the
+    diagonal is perfect calibration) and, with ``sweep`` (:func:`crlearn.calibration.threshold_sweep`), Dice,
+    precision and recall against the threshold, with the ``chosen`` one marked."""
+    fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(10 if sweep else 5, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
+    for label, r in curves.items():
+        ax.plot(r["confidence"], r["frequency"], marker="o", ms=4, label=f"{label} (ECE {r['ece']:.4f})")
+    ax.set(xlabel="mean predicted probability (bin)", ylabel="fraction of lesion pixels (bin)", xlim=(0, 1),
+           ylim=(0, 1), title="reliability, pixels in 10 bins")
+    ax.legend(fontsize=7, loc="upper left")
+    if sweep:
+        ax = axes[0, 1]
+        for metric, style in (("dice", "-"), ("precision", "--"), ("recall", ":")):
+            ax.plot(sweep["thresholds"], sweep[metric], ls=style, marker=".", label=metric)
+        if chosen is not None:
+            ax.axvline(chosen, color="0.4", lw=1, label=f"chosen: {chosen:.2f}")
+        ax.set(xlabel="threshold", ylabel="pooled score", ylim=(0, 1), title="threshold sweep")
+        ax.legend(fontsize=7)
+    fig.suptitle(DISCLAIMER, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # Okabe & Ito's colour-blind-safe palette: slices in blue, patient groups in vermillion.
 BURDEN_STYLE = {"slices": dict(color="#0072B2", marker="o", s=16, alpha=0.6, label="slice"),
                 "groups": dict(color="#D55E00", marker="s", s=48, label="patient group (pooled pixels)")}

@@ -70,16 +70,15 @@ def write_notebook(path: Path) -> None:
         ("from crlearn.data.folder import SegmentationDataset\n"
          f"ds = SegmentationDataset({str(SAMPLE)!r}, indices=[0, 1, 2])"),
         notebook_cell("setup_and_data", "slice_browser("),
-        # the ablation notebook: the variant toggle, on stand-in predictions (the target shifted by a different
+        # the ablation notebook: the row and loss-term toggles, on stand-in logits (the target shifted by a different
         # amount per row) instead of four trained models
         ("import torch\n"
          "from crlearn.tasks.ablation import TABLE7\n"
-         "from crlearn.viz import figure_widget, plot_overlays\n"
+         "from crlearn.viz import LOSS_TERMS, figure_widget, plot_prediction_and_loss_term\n"
          f"test_set = SegmentationDataset({str(SAMPLE)!r}, merge=True, indices=range(6))\n"
          "target = test_set.one_hot(test_set.labels).bool()\n"
          "rows = [{'key': r.key, 'label': r.label} for r in TABLE7]\n"
-         "preds = {r['key']: torch.roll(target, 32 * i, dims=-1) for i, r in enumerate(rows)}\n"
-         "result = {'models': {r['key']: None for r in rows}}"),
+         "logits = {r['key']: 8.0 * torch.roll(target, 32 * i, dims=-1).float() - 4.0 for i, r in enumerate(rows)}"),
         notebook_cell("ablation", "ToggleButtons("),
         "browser",
     ]
@@ -242,13 +241,19 @@ def test_slice_browser_slider_redraws_the_slice(page):
     assert wait_for_new_image(box, after) == before
 
 
-def test_ablation_toggle_redraws_the_variant(page):
+def test_ablation_toggles_redraw_the_row_and_the_loss_term(page):
     box = widget_box(page, ".widget-toggle-buttons")
-    buttons = box.locator("button.widget-toggle-button")
-    sync_api.expect(buttons).to_have_count(4)
-    sync_api.expect(buttons.nth(0)).to_have_class(ACTIVE)
+    groups = box.locator(".widget-toggle-buttons")
+    sync_api.expect(groups).to_have_count(2)
+    rows, terms = (groups.nth(i).locator("button.widget-toggle-button") for i in range(2))
+    sync_api.expect(rows).to_have_count(4)
+    sync_api.expect(terms).to_have_count(3)
+    sync_api.expect(rows.nth(0)).to_have_class(ACTIVE)
     before = image_sha(box)
-    buttons.nth(3).click()
-    sync_api.expect(buttons.nth(3)).to_have_class(ACTIVE)
-    sync_api.expect(buttons.nth(0)).not_to_have_class(ACTIVE)
-    wait_for_new_image(box, before)
+    rows.nth(3).click()
+    sync_api.expect(rows.nth(3)).to_have_class(ACTIVE)
+    sync_api.expect(rows.nth(0)).not_to_have_class(ACTIVE)
+    after = wait_for_new_image(box, before)
+    terms.nth(2).click()  # IoU: another map of the same row's prediction
+    sync_api.expect(terms.nth(2)).to_have_class(ACTIVE)
+    wait_for_new_image(box, after)

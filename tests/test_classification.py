@@ -231,8 +231,10 @@ def test_finetuning_changes_the_encoder(seg_ckpt, tiny_sars):
     ds = ClassificationDataset(tiny_sars, size=32)
     model = classifier_from_checkpoint(seg_ckpt, "finetune")
     before = model.encoder.stem[0].weight.detach().clone()
+    rng = torch.get_rng_state()
     history = fit_classifier(model, ds.subset(range(12)), ds.subset(range(12, 18)),
                              ClassifyConfig(size=32, epochs=1, batch_size=8, lr=1e-3))
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded inside, the caller's generator left as it was
     assert not torch.equal(model.encoder.stem[0].weight, before)
     assert list(history) >= ["epoch", "train_loss", "val_loss"] and len(history["epoch"]) == 1
 

@@ -232,6 +232,38 @@ def run_ablation(
     }
 
 
+def expected_seconds(n_train: int, profile: str = "quick", epochs: int | None = None,
+                     rows: Sequence[AblationRow] = TABLE7, device: str | torch.device | None = None,
+                     steps: int = 2) -> dict[str, float]:
+    """How long training the ``rows`` on ``n_train`` slices for ``epochs`` (default: the profile's) will take here,
+    by timing ``steps`` training steps of each row's model (one untimed first) on random batches and multiplying
+    by the steps of the run (the x5 views, the batch size): ``{row key: seconds}``. Validation, evaluation and the
+    data loading are not counted (a few per cent in the quick profile; ``results/profile_quick_epoch.md``)."""
+    from crlearn.training.fastpath import TrainStep, segmentation_loss
+    from crlearn.training import perf
+
+    prof, device = PROFILES[profile], pick_device(device)
+    cfg = prof.train_config(**({"epochs": epochs} if epochs is not None else {}))
+    run_steps = cfg.epochs * -(-n_train * (5 if cfg.augment else 1) // cfg.batch_size)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(cfg.batch_size, 1, cfg.size, cfg.size, generator=gen).to(device, memory_format=torch.channels_last)
+    y = (torch.rand(cfg.batch_size, 1, cfg.size, cfg.size, generator=gen) > 0.9).float().to(device)
+    out = {}
+    for row in rows:
+        with seeded(cfg.seed, torch.device("cpu")):
+            model = CRNet(prof.model_config(num_classes=1, variant=row.variant))
+        model = model.to(device, memory_format=torch.channels_last).train()
+        step = TrainStep(segmentation_loss(model, dataclasses.replace(cfg, hybrid=row.hybrid), device),
+                         torch.optim.Adam(model.parameters(), lr=cfg.lr))
+        with perf.narrow_batchnorm(model, device):
+            step(x, y)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                float(step(x, y).detach())  # read the loss: the step has finished
+        out[row.key] = (time.perf_counter() - t0) / steps * run_steps
+    return out
+
+
 def save_row_models(result: dict[str, Any], folder: str | Path) -> list[Path]:
     """Each row's model of the last run (``result["models"]``, one process only) as a half-precision checkpoint
     ``<key>.pt`` in ``folder`` (a few MB each; :func:`load_row_models` and ``crlearn predict`` read them), with the

@@ -64,7 +64,7 @@ from crlearn.tasks.logistic_head import VIEW_USES, fit_logistic
 from crlearn.training.checkpoint import atomic_write_json, fresh_path
 from crlearn.training.config import PROFILES, resolve_profile
 from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
-from crlearn.training.engine import FitState, make_loader
+from crlearn.training.engine import FitState, make_loader, seeded
 
 CLASSIFY_FILES = ("best.pt", "metrics.json")
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
@@ -192,7 +192,13 @@ def fit_classifier(model: EncoderClassifier, train_set: Dataset, val_set: Datase
     encoder pass per view instead of one per view and epoch.
     """
     device = pick_device(device)
-    torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed, device):  # the caller's generators are restored afterwards
+        return _fit_classifier_seeded(model, train_set, val_set, cfg, device, progress)
+
+
+def _fit_classifier_seeded(model: EncoderClassifier, train_set: Dataset, val_set: Dataset, cfg: ClassifyConfig,
+                           device: torch.device, progress: bool) -> dict[str, list[float]]:
+    """:func:`fit_classifier`'s work, inside its seeded block."""
     model.to(device=device, memory_format=torch.channels_last)
     if model.encoder_frozen:
         net, dtype = model.head, None  # cached features: the head alone, in float32
@@ -274,15 +280,15 @@ def _classifier(mode: str, encoder: str | Path | None, profile: str, seed: int, 
     if mode == "scratch":
         if encoder is not None:
             raise ValueError("mode 'scratch' trains a fresh encoder: give no encoder checkpoint")
-        torch.manual_seed(seed)
-        return scratch_classifier(PROFILES[profile].model_config()), None
+        with seeded(seed, torch.device("cpu")):  # the initial weights; the caller's generator restored after
+            return scratch_classifier(PROFILES[profile].model_config()), None
     if encoder is not None:
-        torch.manual_seed(seed)  # the head's initial weights
-        return classifier_from_checkpoint(encoder, mode), str(encoder)
+        with seeded(seed, torch.device("cpu")):  # the head's initial weights
+            return classifier_from_checkpoint(encoder, mode), str(encoder)
     seg_out = out / "segmenter" if out is not None else None
     result = train_segmenter(profile, seed, seg_out, force, device, progress, log, **(seg_overrides or {}))
-    torch.manual_seed(seed)
-    return classifier_from_segmenter(result.model, mode), str(seg_out / "best.pt") if seg_out else None
+    with seeded(seed, torch.device("cpu")):
+        return classifier_from_segmenter(result.model, mode), str(seg_out / "best.pt") if seg_out else None
 
 
 def fit_logistic_classifier(model: EncoderClassifier, dataset: ClassificationDataset, cfg: ClassifyConfig,
