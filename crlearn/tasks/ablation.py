@@ -184,8 +184,9 @@ def run_ablation(
     ``fast``, the training step's route (:class:`~crlearn.training.config.TrainConfig`; ``None``: the profile's).
     Each row reports the pooled test Dice of the infection class, and also IoU, precision, recall and
     boundary F1, evaluated with test-time augmentation unless ``tta=False``; ``models`` (not saved to JSON)
-    keeps the trained models of the last fold for inspection (one process only). Under ``torchrun`` the (fold, row) runs
-    are dealt out over the ranks (:func:`crlearn.training.distributed.spread`) and every rank returns the same table.
+    keeps the trained models of the last run (last seed, last fold) for inspection (one process only;
+    :func:`save_row_models` writes them). Under ``torchrun`` the (seed, fold, row) runs are dealt out over the
+    ranks (:func:`crlearn.training.distributed.spread`) and every rank returns the same table.
 
     ``classify_data`` (a labelled folder, e.g. :func:`crlearn.data.slices.default_classification_dir`; ``None``
     skips it) adds Table 7's accuracy column: :func:`classification_scores` of each trained model on the run's one
