@@ -302,13 +302,14 @@ def summarise_row(row: AblationRow, runs: Sequence[dict[str, float]]) -> dict[st
             entry[f"{metric}_std"] = float(vals.std(ddof=1))
     entry["dice_mean"] = entry["dice"]  # the name results/ and the GPU issue use for the mean over folds
     if runs and all("counts" in r for r in runs):
-        entry["pooled_dice"] = bootstrap_pooled(list(_patient_totals(runs).values()))
+        entry["pooled_dice"] = bootstrap_pooled(list(patient_totals(runs).values()))
     entry["folds"] = list(runs)
     return entry
 
 
-def _patient_totals(runs: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Each patient's test ``[TP, FP, FN]`` summed over the runs that tested it (one per seed)."""
+def patient_totals(runs: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Each patient's test counts (``[TP, FP, FN]``, or ``(K, 3)`` per class) summed over the runs that tested it
+    (one per seed), from the runs' ``patients`` and ``counts``."""
     totals: dict[str, np.ndarray] = {}
     for r in runs:
         for g, c in zip(r["patients"], r["counts"]):

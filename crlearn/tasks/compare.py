@@ -46,7 +46,7 @@ from crlearn.inference import patient_counts
 from crlearn.nn.model import build_model
 from crlearn.report import DISCLAIMER, hardware, markdown_table
 from crlearn.stats import N_BOOT, bootstrap_pooled, dice_from_counts, paired_comparison
-from crlearn.tasks.ablation import fold_sets, train_fresh
+from crlearn.tasks.ablation import fold_sets, patient_totals, train_fresh
 from crlearn.training.config import PROFILES
 from crlearn.training.device import pick_device
 
@@ -226,7 +226,7 @@ def summarise(runs: Sequence[dict[str, Any]], rows: Sequence[CompareRow] = TABLE
     out_rows, per_run_dice = [], {}
     for row in rows:
         mine = [r for r in runs if r["row"] == row.key]
-        pooled = _patient_totals(mine)  # {group: (K, 3)} summed over the seeds
+        pooled = patient_totals(mine)  # {group: (K, 3)} summed over the seeds
         counts = np.stack(list(pooled.values()))  # (patients, K, 3)
         for k, lesion in enumerate(LESIONS):
             dice_runs = [dice_from_counts(np.sum(r["counts"], axis=0)[k]) for r in mine]  # one per (fold, seed)
@@ -254,15 +254,6 @@ def pooled_interval(counts: np.ndarray, metric: str) -> dict[str, Any]:
     if not np.isfinite(fn(counts.sum(axis=0))):
         return {"value": None, "low": None, "high": None, "patients": len(counts)}
     return bootstrap_pooled(counts, metric=fn)
-
-
-def _patient_totals(runs: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Each patient's test counts ``(K, 3)`` summed over the runs that tested it (one per seed)."""
-    totals: dict[str, np.ndarray] = {}
-    for r in runs:
-        for g, c in zip(r["patients"], r["counts"]):
-            totals[g] = totals.get(g, 0) + np.asarray(c, dtype=float)
-    return dict(sorted(totals.items()))
 
 
 def paired_rows(per_run_dice: dict[tuple[str, str], dict[tuple[int, int], float]],
