@@ -327,8 +327,8 @@ def ablation_markdown(result: dict[str, Any]) -> str:
             f"{'mean ± std over ' + runs if k * n > 1 else 'one group split'}, {seeds}.")
     pooled = all("pooled_dice" in r for r in result["rows"])
     if pooled:
-        head += (" Pooled Dice: out of fold over the patients (counts summed over the seeds), 95 % interval by "
-                 "bootstrap over patients.")
+        head += (" Pooled Dice: each test patient's pixel counts (summed over the seeds) pooled over all test "
+                 "patients, 95 % interval by bootstrap over patients.")
     cls = result.get("classify")
     if cls:
         head += (f" Accuracy: the row's encoder, frozen, under a linear head trained on `{Path(cls['data']).name}`, "
