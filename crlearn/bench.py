@@ -34,6 +34,7 @@ from crlearn.metrics import segmentation_scores
 from crlearn.nn.model import VARIANTS, CRNet, CRNetConfig
 from crlearn.training.device import pick_device
 from crlearn.training.engine import cudnn_benchmark
+from crlearn.training.perf import cpu_ssim_blur
 from crlearn.report import markdown_table, peak_note, peak_tflops
 
 __all__ = ["SMP_LABEL", "bench_gate", "bench_model", "bench_ssim", "bench_table", "count_flops"]
@@ -291,9 +292,10 @@ def bench_ssim(batch_size: int = 8, size: int = 512, repeats: int = 10, warmup: 
     probs = torch.rand(shape, generator=gen).to(device).requires_grad_(True)
     target = (torch.rand(shape, generator=gen) > 0.5).float().to(device)
 
-    def ours() -> None:
+    def ours() -> None:  # as training computes it: on CPU with the banded blur (crlearn.training.perf, workaround 3)
         probs.grad = None
-        ssim_loss(probs, target).backward()
+        with cpu_ssim_blur(device):
+            ssim_loss(probs, target).backward()
 
     def theirs() -> None:
         probs.grad = None

@@ -27,7 +27,9 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
@@ -45,6 +47,7 @@ __all__ = [
     "loss_maps",
     "deep_supervision_loss",
     "HybridLoss",
+    "ssim_blur",
 ]
 
 _SSIM_REDUCTIONS = ("mean", "per_channel", "none")
@@ -79,15 +82,26 @@ def _gaussian_filter(stack: Tensor, window_size: int, sigma: float) -> Tensor:
     columns (two depthwise convs, ``groups`` = number of channels) equals one 2-D
     convolution at 2k instead of k^2 multiply-adds per pixel. Zero padding of
     ``window_size // 2`` on each side keeps H x W, as in BASNet's ``pytorch_ssim``.
-    On CPU the same blur runs as two banded matrix products, a speed workaround
-    (:mod:`crlearn.training.perf`, workaround 3).
+    Inside :func:`ssim_blur` another implementation of the same blur runs instead.
     """
     g = _gaussian_1d(window_size, sigma, stack.dtype, stack.device)
-    if stack.device.type == "cpu":
-        from crlearn.training.perf import gaussian_blur_banded
+    return (_BLUR.get() or _gaussian_filter_conv)(stack, g)
 
-        return gaussian_blur_banded(stack, g)
-    return _gaussian_filter_conv(stack, g)
+
+_BLUR: ContextVar[Callable[[Tensor, Tensor], Tensor] | None] = ContextVar("crlearn_ssim_blur", default=None)
+
+
+@contextmanager
+def ssim_blur(blur: Callable[[Tensor, Tensor], Tensor] | None) -> Iterator[None]:
+    """Inside the block the SSIM term blurs with ``blur(stack, g)`` (``stack`` ``[B, N, H, W]``, ``g`` the 1-D
+    Gaussian) instead of the two depthwise convolutions; ``None`` means the convolutions. The choice holds for the
+    current thread (a ``ContextVar``) and is restored on leaving. The training engine plugs in a faster CPU blur
+    here (:func:`crlearn.training.perf.cpu_ssim_blur`); the loss itself never imports it."""
+    token = _BLUR.set(blur)
+    try:
+        yield
+    finally:
+        _BLUR.reset(token)
 
 
 def _gaussian_filter_conv(stack: Tensor, g: Tensor) -> Tensor:

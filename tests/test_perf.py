@@ -92,7 +92,7 @@ def test_banded_blur_equals_the_depthwise_convolutions_values_and_gradients(shap
     torch.testing.assert_close(grad_banded, grad_conv)
 
 
-def test_banded_blur_on_a_channels_last_stack_and_the_loss_uses_it_on_cpu(monkeypatch):
+def test_banded_blur_on_a_channels_last_stack_and_the_loss_uses_it_inside_the_cpu_context_only():
     from crlearn import losses
     from crlearn.training import perf
 
@@ -100,6 +100,21 @@ def test_banded_blur_on_a_channels_last_stack_and_the_loss_uses_it_on_cpu(monkey
     g = losses._gaussian_1d(11, 1.5, x.dtype, x.device)
     torch.testing.assert_close(perf.gaussian_blur_banded(x, g), losses._gaussian_filter_conv(x, g))
     calls = []
-    monkeypatch.setattr(perf, "gaussian_blur_banded", lambda s, k: calls.append(s.shape) or s)
-    losses.ssim(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
+
+    def recording_blur(stack, k):
+        calls.append(stack.shape)
+        return stack
+
+    a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    plain = losses.ssim(a, b)
+    assert calls == []  # outside the context: the teaching convolutions
+    with losses.ssim_blur(recording_blur):
+        losses.ssim(a, b)
     assert calls == [(1, 5, 16, 16)]
+    torch.testing.assert_close(losses.ssim(a, b), plain)  # restored on leaving
+    with perf.cpu_ssim_blur(torch.device("cpu")):
+        torch.testing.assert_close(losses.ssim(a, b), plain)  # the banded blur: the same SSIM
+        assert losses._BLUR.get() is perf.gaussian_blur_banded
+    assert losses._BLUR.get() is None
+    with perf.cpu_ssim_blur(torch.device("meta")):
+        assert losses._BLUR.get() is None  # not CPU: nothing changes

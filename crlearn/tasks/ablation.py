@@ -163,21 +163,10 @@ def _spread_rows(full: SegmentationDataset, splits: Sequence[dict[str, list[int]
     return per_row, {row.key: model for (_, _, row), (_, model) in zip(jobs, done) if model is not None}
 
 
-def run_ablation(
-    data: str | Path | None = None,
-    profile: str = "quick",
-    folds: int | None = None,
-    seed: int = 0,
-    epochs: int | None = None,
-    max_minutes: float | None = None,
-    rows: Sequence[AblationRow] = TABLE7,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    tta: bool = True,
-    classify_data: str | Path | None = None,
-    fast: str | None = None,
-    seeds: int = 1,
-) -> dict[str, Any]:
+def run_ablation(data: str | Path | None = None, profile: str = "quick", folds: int | None = None, seed: int = 0,
+                 epochs: int | None = None, max_minutes: float | None = None, rows: Sequence[AblationRow] = TABLE7,
+                 device: str | torch.device | None = None, progress: bool = True, tta: bool = True,
+                 classify_data: str | Path | None = None, fast: str | None = None, seeds: int = 1) -> dict[str, Any]:
     """Train and evaluate every row; returns ``{"rows": [...], "profile": ..., "hardware": ..., ...}``.
 
     ``epochs`` and ``max_minutes`` cap every row's training (the same cap for all rows); they are recorded, as is

@@ -276,7 +276,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: T
     model's BN statistics are noisy. At the end ``model`` holds the best weights. Nothing outside the run changes: torch's
     generators are seeded inside the run and restored after it (:func:`seeded`), cuDNN autotuning is on for the run
     and restored after it (:func:`cudnn_benchmark`), the CPU BatchNorm workaround runs inside it and leaves the
-    model's modules as they were (:func:`crlearn.training.perf.narrow_batchnorm`). ``config.fast`` other than
+    model's modules as they were (:func:`crlearn.training.perf.narrow_batchnorm`), and on CPU the SSIM term blurs with
+    banded matrix products for the run (:func:`crlearn.training.perf.cpu_ssim_blur`). ``config.fast`` other than
     ``"off"`` trains the same batches through :mod:`crlearn.training.fastpath` (:class:`~crlearn.training.fastpath.DeviceBatches`
     in place of :func:`make_loader`, and the step of :func:`~crlearn.training.fastpath.make_step` handed to
     :func:`train_one_epoch`: one loop either way). Inside a
@@ -285,7 +286,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: T
     """
     device = pick_device(device)
     val_set = [] if val_set is None else val_set  # None: no validation, the last epoch is kept
-    with seeded(config.seed, device), cudnn_benchmark(device), perf.narrow_batchnorm(model, device):
+    with seeded(config.seed, device), cudnn_benchmark(device), perf.narrow_batchnorm(model, device), \
+            perf.cpu_ssim_blur(device):
         return _fit(model, train_set, val_set, config, class_names, run_dir, resume, device, progress)
 
 

@@ -24,9 +24,10 @@ fixed: delete its function here and its call sites; nothing else changes.
    convolution with an 11-tap kernel, and above all its backward, is slow: it took 37 % of a quick-profile training
    step on the 2-core AVX-512 CPU. :func:`gaussian_blur_banded` computes the same 'same'-padded blur as two matrix
    products with banded matrices (BLAS), which the loss uses on CPU: the same numbers to float rounding, the
-   training step x1.26 faster there (x1.07 with AVX2 kernels only; ``results/ssim_blur_cpu.md``). How to retire it: time
-   :func:`crlearn.losses.ssim` forward + backward on that shape with the convolutions; when they are no slower,
-   delete the function and its call in ``crlearn.losses._gaussian_filter``.
+   training step x1.26 faster there (x1.07 with AVX2 kernels only; ``results/ssim_blur_cpu.md``).
+   :func:`crlearn.training.engine.fit` plugs it in through :func:`cpu_ssim_blur` (:func:`crlearn.losses.ssim_blur`, restored after the run); the loss
+   never imports it. How to retire it: time :func:`crlearn.losses.ssim` forward + backward on that shape with the
+   convolutions; when they are no slower, delete both functions and their call in ``crlearn.training.engine.fit``.
 """
 
 from __future__ import annotations
@@ -105,3 +106,13 @@ def gaussian_blur_banded(stack: Tensor, g: Tensor) -> Tensor:
     as ``M_H @ stack @ M_W^T`` (workaround 3): equal to the two depthwise convolutions to float rounding."""
     h, w = stack.shape[-2:]
     return _banded(h, g) @ stack @ _banded(w, g).T
+
+
+def cpu_ssim_blur(device: torch.device) -> contextlib.AbstractContextManager:
+    """On CPU, a context in which the SSIM term blurs with :func:`gaussian_blur_banded` (workaround 3); elsewhere
+    one that changes nothing."""
+    if torch.device(device).type != "cpu":
+        return contextlib.nullcontext()
+    from crlearn.losses import ssim_blur
+
+    return ssim_blur(gaussian_blur_banded)
