@@ -25,8 +25,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +99,9 @@ def run_jobs(jobs: Sequence[dict[str, Any]], workers: int = 1,
             out.append(fold_job(job))
             note(out[-1])
         return out
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+    from crlearn.training.workers import worker_pool
+
+    with worker_pool(workers, _one_thread) as pool:
         futures = [pool.submit(fold_job, job) for job in jobs]
         out = []
         for f in futures:

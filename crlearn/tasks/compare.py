@@ -30,9 +30,8 @@ torch thread), longest first; the results do not depend on the order.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,6 +48,7 @@ from crlearn.stats import N_BOOT, bootstrap_pooled, dice_from_counts, paired_com
 from crlearn.tasks.ablation import fold_sets, patient_totals, train_fresh
 from crlearn.training.config import PROFILES
 from crlearn.training.device import pick_device
+from crlearn.training.workers import worker_pool
 
 LESIONS = ("ggo", "consolidation", "effusion")  # MedSeg's three lesion classes, one output channel each
 
@@ -178,9 +178,7 @@ def run_jobs(setup: CompareSetup, jobs: Sequence[CompareJob], n_workers: int = 1
         for k in order:
             done(k, run_job(setup, jobs[k], full, progress))
         return results  # type: ignore[return-value]
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
-    with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(setup, worker_init)) as pool:
+    with worker_pool(n_workers, _init_worker, (setup, worker_init)) as pool:
         futures = {pool.submit(_run_in_worker, setup, jobs[k]): k for k in order}
         for fut in as_completed(futures):
             done(futures[fut], fut.result())
