@@ -31,32 +31,57 @@ def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(doc: str, repeats: int) -> argparse.Namespace:
+    """The options of the CPU step scripts (this one and ``cpu_bf16_step.py``); sets torch's thread count."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def quick_step(bf16: bool = False):
+    """A quick-profile CR-Net (seed 0, channels_last), fused Adam and one fixed random batch of 8 at 128 px;
+    returns ``(model, step)``, ``step()`` one training step (forward under bf16 autocast when asked)."""
     from crlearn import losses
     from crlearn.nn.model import CRNet
-    from crlearn.training import perf
     from crlearn.training.config import PROFILES
 
-    routes = {"conv": losses._gaussian_filter_conv, "banded": perf.gaussian_blur_banded}
-    g = losses._gaussian_1d(11, 1.5, torch.float32, torch.device("cpu"))
-    stack = torch.rand(8, 5, 128, 128, requires_grad=True)
     torch.manual_seed(0)
     model = CRNet(PROFILES["quick"].model_config(num_classes=1)).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     x = torch.rand(8, 1, 128, 128).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(8, 1, 128, 128) > 0.8).float()
 
-    def step():
-        loss = losses.deep_supervision_loss(model(x), y, hybrid=True)
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = losses.deep_supervision_loss(out, y, hybrid=True)
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    return model, step
+
+
+def write(out: dict, path: Path | None) -> None:
+    print(json.dumps(out, indent=1))
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def main() -> None:
+    args = cli(__doc__, 15)
+    from crlearn import losses
+    from crlearn.training import perf
+
+    routes = {"conv": losses._gaussian_filter_conv, "banded": perf.gaussian_blur_banded}
+    g = losses._gaussian_1d(11, 1.5, torch.float32, torch.device("cpu"))
+    stack = torch.rand(8, 5, 128, 128, requires_grad=True)
+    model, step = quick_step()
 
     out = {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -69,10 +94,7 @@ def main() -> None:
                 out[f"train_step_ms_{name}"] = _median_ms(step, args.repeats)
     out["blur_speedup"] = out["blur_fwd_bwd_ms_conv"] / out["blur_fwd_bwd_ms_banded"]
     out["step_speedup"] = out["train_step_ms_conv"] / out["train_step_ms_banded"]
-    print(json.dumps(out, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    write(out, args.out)
 
 
 if __name__ == "__main__":
