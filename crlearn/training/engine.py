@@ -286,8 +286,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: T
     """
     device = pick_device(device)
     val_set = [] if val_set is None else val_set  # None: no validation, the last epoch is kept
-    with seeded(config.seed, device), cudnn_benchmark(device), perf.narrow_batchnorm(model, device), \
-            perf.cpu_ssim_blur(device):
+    with (seeded(config.seed, device), cudnn_benchmark(device), perf.narrow_batchnorm(model, device),
+          perf.cpu_ssim_blur(device)):
         return _fit(model, train_set, val_set, config, class_names, run_dir, resume, device, progress)
 
 

@@ -25,8 +25,8 @@ fixed: delete its function here and its call sites; nothing else changes.
    step on the 2-core AVX-512 CPU. :func:`gaussian_blur_banded` computes the same 'same'-padded blur as two matrix
    products with banded matrices (BLAS), which the loss uses on CPU: the same numbers to float rounding, the
    training step x1.26 faster there (x1.07 with AVX2 kernels only; ``results/ssim_blur_cpu.md``).
-   :func:`crlearn.training.engine.fit` plugs it in through :func:`cpu_ssim_blur` (:func:`crlearn.losses.ssim_blur`, restored after the run); the loss
-   never imports it. How to retire it: time :func:`crlearn.losses.ssim` forward + backward on that shape with the
+   :func:`crlearn.training.engine.fit` plugs it in through :func:`cpu_ssim_blur` (:func:`crlearn.losses.ssim_blur`,
+   restored after the run); the loss never imports it. How to retire it: time :func:`crlearn.losses.ssim` forward + backward on that shape with the
    convolutions; when they are no slower, delete both functions and their call in ``crlearn.training.engine.fit``.
 """
 
@@ -39,6 +39,8 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from crlearn.losses import ssim_blur
 
 
 def _is_channels_last(x: Tensor) -> bool:
@@ -111,8 +113,4 @@ def gaussian_blur_banded(stack: Tensor, g: Tensor) -> Tensor:
 def cpu_ssim_blur(device: torch.device) -> contextlib.AbstractContextManager:
     """On CPU, a context in which the SSIM term blurs with :func:`gaussian_blur_banded` (workaround 3); elsewhere
     one that changes nothing."""
-    if torch.device(device).type != "cpu":
-        return contextlib.nullcontext()
-    from crlearn.losses import ssim_blur
-
-    return ssim_blur(gaussian_blur_banded)
+    return ssim_blur(gaussian_blur_banded) if torch.device(device).type == "cpu" else contextlib.nullcontext()
