@@ -26,8 +26,9 @@ fixed: delete its function here and its call sites; nothing else changes.
    products with banded matrices (BLAS), which the loss uses on CPU: the same numbers to float rounding, the
    training step x1.26 faster there (x1.07 with AVX2 kernels only; ``results/ssim_blur_cpu.md``).
    :func:`crlearn.training.engine.fit` plugs it in through :func:`cpu_ssim_blur` (:func:`crlearn.losses.ssim_blur`,
-   restored after the run); the loss never imports it. How to retire it: time :func:`crlearn.losses.ssim` forward + backward on that shape with the
-   convolutions; when they are no slower, delete both functions and their call in ``crlearn.training.engine.fit``.
+   restored after the run); the loss never imports it. How to retire it: time :func:`crlearn.losses.ssim` forward +
+   backward on that shape with the convolutions; when they are no slower, delete both functions and their call in
+   ``crlearn.training.engine.fit``.
 """
 
 from __future__ import annotations
