@@ -3,7 +3,7 @@
 It parses, calls :func:`crlearn.tasks.cv.cross_validate` and prints the table; :mod:`crlearn.cli.main` wires it in.
 
     crlearn cv [--data DIR ...] [--profile quick|full] [--classes NAME ... | --merge] [--folds K] [--normalize KIND]
-               [--intensity-augment] [--scale-augment] [--no-val] [--epochs N] [--size N] [--save-models]
+               [--intensity-augment] [--scale-augment] [--no-amp] [--no-val] [--epochs N] [--size N] [--save-models]
                [--out DIR] [--force] [--seed N] [--device DEV] [--no-tta] [--quiet]
 """
 
@@ -40,6 +40,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     for flag in ("intensity_augment", "scale_augment"):
         if getattr(args, flag, False):
             overrides[flag] = True
+    if not getattr(args, "amp", True):
+        overrides["amp"] = False
     return Recipe(name=getattr(args, "name", None) or "cli", data=list(args.data), profile=resolve_profile(args.profile),
                   classes=args.classes, merge=True if args.merge else None, variant=getattr(args, "variant", None),
                   overrides=overrides, val_fraction=0.0 if getattr(args, "no_val", False) else VAL_FRACTION)
@@ -88,6 +90,9 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--normalize", choices=list(NORMALIZATIONS), default=None, help="per-slice intensity normalisation")
     c.add_argument("--intensity-augment", action="store_true", help="random brightness, contrast, gamma and noise")
     c.add_argument("--scale-augment", action="store_true", help="random zoom and shift")
+    c.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="train in float32 (default: autocast on CUDA, and in the quick profile bf16 on a CPU with bf16 "
+                        "instructions)")
     c.add_argument("--no-val", action="store_true",
                    help="no inner validation: each fold trains on all its training patients for the fixed epochs and "
                         "keeps the last (as crlearn train --split all)")

@@ -1,4 +1,5 @@
-"""Where a run computes: the device, mixed precision on CUDA, and how a batch reaches the device."""
+"""Where a run computes: the device, mixed precision (CUDA, and CPUs with bf16 instructions), and how a batch reaches
+the device."""
 
 from __future__ import annotations
 
@@ -32,11 +33,32 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16; ``None`` (no autocast) on CPU or when disabled."""
-    if not amp or device.type != "cuda":
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), where oneDNN's bf16 kernels are fast.
+
+    Without these instructions bf16 on a CPU is emulated and slower than float32, so autocast stays off there.
+    """
+    try:
+        flags = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # an older torch, or a build without cpuinfo
+        return False
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+def autocast_dtype(device: torch.device, amp: bool = True, cpu: bool = False) -> torch.dtype | None:
+    """The autocast dtype of a training step, or ``None`` for none.
+
+    CUDA: bf16 where supported, else fp16. CPU: bf16 only when ``cpu`` is asked for (``TrainConfig.cpu_amp``) and
+    the CPU computes bf16 natively (:func:`cpu_computes_bf16`); otherwise float32. ``amp=False`` turns it off
+    everywhere. Validation and inference call it without ``cpu``, so on a CPU they stay float32.
+    """
+    if not amp:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu and cpu_computes_bf16():
+        return torch.bfloat16
+    return None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

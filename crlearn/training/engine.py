@@ -3,7 +3,8 @@
 Huang et al. 2022, §3.1: Adam, batch 8, up to 200 epochs, early stopping; the hybrid loss on the coarse and the
 final output (deep supervision, §2.7). :func:`fit` reads top to bottom like nanoGPT's loop; every other function
 here is one step of it. Beyond the paper (this project's choices, see the README): a one-cycle learning-rate
-schedule and a weight EMA for the short quick profile; bf16 autocast and channels_last on CUDA; with
+schedule and a weight EMA for the short quick profile; bf16 autocast and channels_last on CUDA (and the training
+step's bf16 autocast on a CPU with bf16 instructions, ``TrainConfig.cpu_amp``); with
 ``TrainConfig.fast`` (the full profile) the same steps by a faster route, :mod:`crlearn.training.fastpath`.
 """
 
@@ -183,7 +184,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
     replaces the four lines of the eager step below; the batches, scheduler and EMA updates stay the same.
     """
     model.train()
-    dtype = autocast_dtype(device, cfg.amp)
+    dtype = autocast_dtype(device, cfg.amp, cpu=cfg.cpu_amp)  # validate() below: float32 on a CPU
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = to_device(x, device), to_device(y, device)

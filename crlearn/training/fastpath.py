@@ -209,7 +209,7 @@ def effective_mode(cfg: TrainConfig, device: torch.device, scaler_enabled: bool)
 def segmentation_loss(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
     """The training loss of a batch as :func:`crlearn.training.engine.train_one_epoch` computes it (deep supervision, hybrid
     or BCE, under the run's autocast), as a function for :class:`TrainStep`."""
-    dtype = autocast_dtype(device, cfg.amp)
+    dtype = autocast_dtype(device, cfg.amp, cpu=cfg.cpu_amp)
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
         with graph_safe_autocast(device, dtype):
