@@ -1,5 +1,6 @@
 """Time one quick-profile training step on the CPU in float32 and under bfloat16 autocast (a lever for issue 20's
-main-job time, not adopted: its accuracy is not cross-validated, and CPUs without native bf16 run it emulated).
+main-job time; adopted as ``TrainConfig.cpu_amp`` after cross-validation, ``results/cv_bf16/``, on only where the CPU
+computes bf16 natively: elsewhere it runs emulated, slower).
 
     python scripts/cpu_bf16_step.py --out results/cpu_bf16_step.json
 

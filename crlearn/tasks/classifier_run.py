@@ -252,8 +252,8 @@ def stage1_data(both_sets: bool = False) -> list[Path]:
 
     MedSeg alone is the default, chosen by five-fold pseudo-patient cross-validation of the whole classifier recipe
     (``results/classifier_cv/head_choices_encoders.md``): both sets measured no better (slice AUC 0.830 vs 0.849,
-    any-slice patient accuracy 0.833 vs 0.792, intervals overlapping) and take about twice as long, which would break
-    the 240-s budget of ``crlearn classify train`` on a 2-core CPU."""
+    any-slice patient accuracy 0.833 vs 0.792, intervals overlapping, with the profile's earlier 17-epoch recipe)
+    and take about twice as long, which would break the 240-s budget of ``crlearn classify train`` on a 2-core CPU."""
     from crlearn.data.paths import DEFAULT_DATA, LUNG_DATA, bundled
 
     return [bundled(DEFAULT_DATA), bundled(LUNG_DATA)] if both_sets else [bundled(DEFAULT_DATA)]
