@@ -26,6 +26,13 @@ each fold, only its inner validation part (never the test part) picks the epoch.
 --save-models fold<k>.pt and ensemble.pt) into --out."""
 
 
+def switch_overrides(args: argparse.Namespace) -> dict[str, bool]:
+    """The :class:`~crlearn.training.config.TrainConfig` fields that ``--bce-only`` and ``--no-amp`` turn off (the
+    flags ``crlearn train`` and ``crlearn cv`` share)."""
+    return ({"hybrid": False} if getattr(args, "bce_only", False) else {}) | (
+        {"amp": False} if not getattr(args, "amp", True) else {})
+
+
 def recipe_from_args(args: argparse.Namespace) -> Any:
     """The :class:`crlearn.tasks.cv.Recipe` of ``crlearn cv``'s (or ``crlearn train``'s) arguments."""
     from crlearn.tasks.cv import VAL_FRACTION, Recipe
@@ -33,15 +40,12 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
     overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes")
                  if getattr(args, k, None) is not None}
-    if getattr(args, "bce_only", False):
-        overrides["hybrid"] = False
+    overrides |= switch_overrides(args)
     if getattr(args, "normalize", None) is not None:
         overrides["normalize"] = args.normalize
     for flag in ("intensity_augment", "scale_augment"):
         if getattr(args, flag, False):
             overrides[flag] = True
-    if not getattr(args, "amp", True):
-        overrides["amp"] = False
     return Recipe(name=getattr(args, "name", None) or "cli", data=list(args.data), profile=resolve_profile(args.profile),
                   classes=args.classes, merge=True if args.merge else None, variant=getattr(args, "variant", None),
                   overrides=overrides, val_fraction=0.0 if getattr(args, "no_val", False) else VAL_FRACTION)
@@ -75,7 +79,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``cv`` command."""
-    from crlearn.cli.choices import NORMALIZATIONS
+    from crlearn.cli.choices import NO_AMP_HELP, NORMALIZATIONS
     from crlearn.data.paths import default_data_dir
 
     c = sub.add_parser("cv", help="patient-level K-fold cross-validation of one training recipe",
@@ -90,9 +94,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--normalize", choices=list(NORMALIZATIONS), default=None, help="per-slice intensity normalisation")
     c.add_argument("--intensity-augment", action="store_true", help="random brightness, contrast, gamma and noise")
     c.add_argument("--scale-augment", action="store_true", help="random zoom and shift")
-    c.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="train in float32 (default: autocast on CUDA, and in the quick profile bf16 on a CPU with bf16 "
-                        "instructions)")
+    c.add_argument("--no-amp", dest="amp", action="store_false", help=NO_AMP_HELP)
     c.add_argument("--no-val", action="store_true",
                    help="no inner validation: each fold trains on all its training patients for the fixed epochs and "
                         "keeps the last (as crlearn train --split all)")

@@ -67,10 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     profile = resolve_profile(args.profile)
     overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes", "fast")
                  if getattr(args, k) is not None}
-    if args.bce_only:
-        overrides["hybrid"] = False
-    if not args.amp:
-        overrides["amp"] = False
+    overrides |= cv.switch_overrides(args)  # --bce-only, --no-amp
     data = args.data[0] if len(args.data) == 1 else args.data  # one folder: a path, as before
     folds = cv_before_training(args) if args.folds > 1 else None  # crlearn.cli.cv: the CV table, printed
     if folds is not None and args.split == "all" and args.epochs is None:
@@ -313,9 +310,7 @@ def _train_parser(sub: Any) -> None:
                    help="per-slice intensity normalisation, kept in the checkpoint and applied by evaluate, predict "
                         "and burden (default none)")
     t.add_argument("--bce-only", action="store_true", help="plain BCE instead of the hybrid loss")
-    t.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="train in float32 (default: bf16/fp16 autocast on CUDA, and in the quick profile bf16 on a "
-                        "CPU with bf16 instructions)")
+    t.add_argument("--no-amp", dest="amp", action="store_false", help=choices.NO_AMP_HELP)
     t.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     t.add_argument("--size", type=int, default=None, help="override the profile's input size (multiple of 32)")
     t.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")

@@ -4,6 +4,7 @@ the device."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -33,6 +34,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+@functools.cache  # the CPU does not change within a process; read once, not every epoch
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), where oneDNN's bf16 kernels are fast.
 
