@@ -43,6 +43,8 @@ class CRNetConfig:
     refine_channels: int = 64  # filters of every conv in the refinement module
     reduction: int = 16  # SE bottleneck ratio in the encoder
     prior: float = 0.05  # lesion probability the untrained network predicts everywhere (output-bias init)
+    mask_threshold: float = 0.5  # a pixel is called a class where its probability exceeds this (the usual 0.5;
+    # the quick profile's is chosen by patient-level CV: results/cv_threshold/); read by crlearn.inference.predict
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -50,8 +52,10 @@ class CRNetConfig:
         for name in ("in_channels", "num_classes", "aspp_channels", "refine_channels", "reduction"):
             check_positive_int(name, getattr(self, name))
         scaled_widths(self.width)  # raises ValueError unless width > 0
-        if not 0.0 < self.prior < 1.0:
-            raise ValueError(f"prior must lie in (0, 1), got {self.prior!r}")
+        for name in ("prior", "mask_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> "CRNetConfig":
@@ -77,6 +81,13 @@ class CRNetConfig:
 class CRNetOutput(NamedTuple):
     coarse: Tensor  # (B, num_classes, H, W) logits of the coarse module
     final: Tensor  # (B, num_classes, H, W) refined logits; `final is coarse` without refinement
+
+
+def mask_threshold(model: nn.Module) -> float:
+    """The probability above which a pixel is called a class: the model's ``config.mask_threshold`` (a CR-Net or a
+    fold ensemble, whose checkpoint keeps it), 0.5 for a model without one (e.g. a segmentation_models_pytorch net)."""
+    config = getattr(getattr(model, "_orig_mod", model), "config", None)
+    return float(getattr(config, "mask_threshold", 0.5))
 
 
 class CRNet(nn.Module):

@@ -34,6 +34,7 @@ from crlearn.data.slices import classifier_input
 from crlearn.tasks.classifier import THRESHOLD, predict_proba
 from crlearn.data.folder import normalize_intensity, read_image
 from crlearn.inference import predict, predict_logits
+from crlearn.nn.model import mask_threshold
 
 __all__ = ["FilePrediction", "GatedPrediction", "area_rows", "covid_probability", "gated_predict", "predict_files"]
 
@@ -45,7 +46,7 @@ class GatedPrediction:
     p_covid: Tensor  # (N,) float32: the classifier's probability of class 1 (COVID-19 lesion on the slice)
     positive: Tensor  # (N,) bool: p_covid >= threshold, the slices that were segmented
     probs: Tensor  # (N, K, H, W) lesion probabilities at the input size; all zero on negative slices
-    masks: Tensor  # (N, K, H, W) bool: probs > 0.5, as crlearn.inference.predict labels them
+    masks: Tensor  # (N, K, H, W) bool: probs > the segmenter's mask threshold, as crlearn.inference.predict
 
     @property
     def n_segmented(self) -> int:
@@ -112,7 +113,7 @@ def gated_predict(segmenter: nn.Module, classifier: nn.Module, images: Tensor, s
     probs = torch.zeros(n, segmenter.config.num_classes, h, w)  # (N, K, H, W): negatives stay "not segmented"
     if positive.any():
         probs[positive] = torch.sigmoid(predict_logits(segmenter, images[positive], size, device, batch_size, tta))
-    return GatedPrediction(p_covid, positive, probs, probs > 0.5)
+    return GatedPrediction(p_covid, positive, probs, probs > mask_threshold(segmenter))
 
 
 # ----------------------------------------------------------------------------- files: crlearn predict

@@ -87,12 +87,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # Chosen for a 2-core CPU by patient-level cross-validation on both segmentation sets (README, "Quick
-    # profile"; epochs, bf16 and scale jitter: results/cv_bf16/README.md). The tiny model learns the merged infection
+    # profile"; epochs, bf16 and scale jitter: results/cv_bf16/README.md; the mask threshold 0.15, read by
+    # crlearn.inference.predict: results/cv_threshold/README.md). The tiny model learns the merged infection
     # mask (the Table 7 task) far better than three lesion classes in a few minutes, so that is its default task.
     # No time cap: a cap would make results depend on machine load (use max_minutes for that).
     "quick": Profile(
         "quick",
-        model=CRNetConfig.quick().to_dict() | {"num_classes": 1},
+        model=CRNetConfig.quick().to_dict() | {"num_classes": 1, "mask_threshold": 0.15},  # results/cv_threshold/
         train=dict(size=128, epochs=15, batch_size=8, lr=6e-3, schedule="onecycle", patience=100, ema=0.98,
                    cpu_amp=True, scale_augment=True),
         merge=True,

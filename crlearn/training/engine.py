@@ -31,6 +31,7 @@ from crlearn.training import perf
 from crlearn.training.checkpoint import atomic_write_json, cpu_state, load_checkpoint, save_checkpoint
 from crlearn.losses import deep_supervision_loss
 from crlearn.metrics import confusion_counts, ratios_from_counts
+from crlearn.nn.model import mask_threshold
 from crlearn.training.config import TrainConfig
 from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
@@ -209,7 +210,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: str | torch.device | None = None,
              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
-    """Mean loss over a loader and the pooled Dice of the final output, all classes counted together.
+    """Mean loss over a loader and the pooled Dice of the final output (at the model's mask threshold,
+    ``config.mask_threshold``, as :func:`crlearn.inference.predict`), all classes counted together.
 
     ``reduce`` (e.g. :func:`crlearn.training.distributed.sum_over_ranks`) is applied to the loss sum and sample count
     and to the TP, FP, FN counts before any division: under ``torchrun`` each rank holds a share of the set.
@@ -218,13 +220,15 @@ def validate(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: str
     model.eval()
     dtype = autocast_dtype(device, cfg.amp)
     total, n, counts = 0.0, 0, torch.zeros(3, dtype=torch.int64)
+    t = mask_threshold(model)
+    logit_t = math.log(t / (1 - t))  # sigmoid(z) > t  <=>  z > logit(t)
     for x, y in loader:
         x, y = to_device(x, device), to_device(y, device)
         with autocast(device, dtype):
             out = model(x)
         total += float(deep_supervision_loss(out, y, hybrid=cfg.hybrid)) * len(x)
         n += len(x)
-        c = confusion_counts(out.final.float() > 0, y > 0.5)
+        c = confusion_counts(out.final.float() > logit_t, y > 0.5)
         counts += torch.stack([c["tp"].sum(), c["fp"].sum(), c["fn"].sum()]).cpu()
     if reduce is not None:
         total, n = reduce(torch.tensor([total, n], dtype=torch.float64)).tolist()
