@@ -18,7 +18,7 @@ from crlearn.training import perf
 from crlearn.data.augment import AUGMENTATIONS, apply_view
 from crlearn.data.folder import MERGED_CLASS
 from crlearn.metrics import SegmentationMeter, confusion_counts
-from crlearn.nn.model import mask_threshold
+from crlearn.nn.model import mask_cut, mask_threshold
 from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
 
@@ -73,11 +73,11 @@ def predict_logits(model: nn.Module, images: Tensor, size: int, device: str | to
 
 
 def predict(model: nn.Module, images: Tensor, size: int, device: str | torch.device | None = None,
-            tta: bool = True, threshold: float | None = None) -> tuple[Tensor, Tensor]:
+            tta: bool = True, threshold: float | Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
     """Probabilities and boolean labels at the images' own size (``tta``: see predict_logits): a pixel is a class
     where its probability exceeds ``threshold`` (default: the model's, :func:`mask_threshold`)."""
     probs = torch.sigmoid(predict_logits(model, images, size, device, tta=tta))
-    return probs, probs > (mask_threshold(model) if threshold is None else threshold)
+    return probs, mask_cut(probs, mask_threshold(model) if threshold is None else threshold)
 
 
 def evaluate(model: nn.Module, dataset: Any, size: int, device: str | torch.device | None = None,

@@ -65,11 +65,11 @@ def fold_counts(model: Any, ds: Any, size: int) -> dict[str, Any]:
     return out
 
 
-def pooled(patients: dict[str, Any], thresholds: dict[str, float], cls: str) -> dict[str, Any]:
-    """Pooled Dice of ``cls`` and ratio error with each patient scored at ``thresholds[patient]``."""
+def pooled(patients: dict[str, Any], thresholds: dict[str, float], cls: str, areas: str = "areas") -> dict[str, Any]:
+    """Pooled Dice of ``cls`` and ratio error (from ``areas``) with each patient scored at ``thresholds[patient]``."""
     counts = np.array([patients[g]["counts"][str(thresholds[g])][cls] for g in patients], np.float64)
     out = {"dice": bootstrap_pooled(counts, dice_from_counts)}
-    a = np.array([patients[g]["areas"][str(thresholds[g])] for g in patients], np.float64)
+    a = np.array([patients[g][areas][str(thresholds[g])] for g in patients], np.float64)
     if a[:, 3].sum() > 0:
         err = percent(a[:, 0], a[:, 1]) - percent(a[:, 2], a[:, 3])
         out["ratio_error_pp"] = bootstrap_mean(np.abs(err))
@@ -117,7 +117,9 @@ def choose(files: list[str], out: Path) -> dict[str, Any]:
             rows.append({"file": files[r], "data": run["recipe"]["data"], "seed": run["seed"], "class": c,
                          "at_0.5": pooled(every, {g: 0.5 for g in every}, c),
                          "at_chosen": pooled(every, {g: chosen for g in every}, c),
-                         "nested": pooled(every, t_of, c), "nested_thresholds": nested_t})
+                         "nested": pooled(every, t_of, c), "nested_thresholds": nested_t,
+                         **({"nested_lung_at_0.5": pooled(every, t_of, c, areas="areas_lung05")}
+                            if all("areas_lung05" in p for p in every.values()) else {})})
     result = {"mask_threshold": chosen, "grid": grid, "rule": RULE,
               "objective": {str(t): objective(runs, t) for t in grid}, "rows": rows, "hardware": hardware()}
     atomic_write_json(out / "choice.json", result)

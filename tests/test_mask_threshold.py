@@ -104,3 +104,28 @@ def test_the_quick_profiles_threshold_is_the_one_its_cv_chose():
     assert PROFILES["quick"].model_config().mask_threshold == chosen["mask_threshold"]
     assert PROFILES["full"].model_config().mask_threshold == 0.5  # not measured at full scale: the usual cut
     assert dataclasses.replace(CRNetConfig.quick()).mask_threshold == 0.5  # the architecture preset leaves it
+
+
+def test_one_cut_per_channel():
+    config = CRNetConfig(num_classes=2, mask_threshold=[0.5, 0.15], **TINY)  # a checkpoint gives a list back
+    assert config.mask_threshold == (0.5, 0.15)
+    with pytest.raises(ValueError, match="2 cuts for 3 channels"):
+        CRNetConfig(num_classes=3, mask_threshold=(0.5, 0.15))
+    with pytest.raises(ValueError, match="mask_threshold"):
+        CRNetConfig(num_classes=2, mask_threshold=(0.5, 1.0))
+    x = torch.rand(2, 1, 64, 64)
+    model = CRNet(config).eval()
+    probs, masks = predict(model, x, 64, "cpu", tta=False)
+    assert torch.equal(masks[:, 0], probs[:, 0] > 0.5) and torch.equal(masks[:, 1], probs[:, 1] > 0.15)
+
+
+def test_the_lung_field_keeps_its_own_cut_and_the_checkpoint_keeps_both(tmp_path):
+    quick = PROFILES["quick"]
+    t = quick.model_config().mask_threshold
+    config = quick.model_config(["lung", "infection"], num_classes=2)
+    assert config.mask_threshold == (quick.class_thresholds["lung"], t) == (0.5, t)
+    assert quick.model_config(["ggo", "consolidation", "effusion"], num_classes=3).mask_threshold == t
+    assert quick.model_config(["lung", "infection"], num_classes=2, mask_threshold=0.3).mask_threshold == 0.3
+    save_checkpoint(tmp_path / "m.pt", CRNet(dataclasses.replace(config, **TINY)), ["lung", "infection"],
+                    TrainConfig(size=64))
+    assert mask_threshold(load_checkpoint(tmp_path / "m.pt")[0]) == (0.5, t)

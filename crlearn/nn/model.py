@@ -43,8 +43,9 @@ class CRNetConfig:
     refine_channels: int = 64  # filters of every conv in the refinement module
     reduction: int = 16  # SE bottleneck ratio in the encoder
     prior: float = 0.05  # lesion probability the untrained network predicts everywhere (output-bias init)
-    mask_threshold: float = 0.5  # a pixel is called a class where its probability exceeds this (the usual 0.5;
-    # the quick profile's is chosen by patient-level CV: results/cv_threshold/); read by crlearn.inference.predict
+    mask_threshold: float | tuple[float, ...] = 0.5  # a pixel is called a class where its probability exceeds
+    # this: one cut, or one per channel (the usual 0.5; the quick profile's lesion cut is chosen by patient-level CV:
+    # results/cv_threshold/); read by crlearn.inference.predict through mask_cut()
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -52,8 +53,12 @@ class CRNetConfig:
         for name in ("in_channels", "num_classes", "aspp_channels", "refine_channels", "reduction"):
             check_positive_int(name, getattr(self, name))
         scaled_widths(self.width)  # raises ValueError unless width > 0
-        for name in ("prior", "mask_threshold"):
-            value = getattr(self, name)
+        if isinstance(self.mask_threshold, (list, tuple)):  # one per channel (a checkpoint gives a list back)
+            self.mask_threshold = tuple(self.mask_threshold)
+            if len(self.mask_threshold) != self.num_classes:
+                raise ValueError(f"mask_threshold: {len(self.mask_threshold)} cuts for {self.num_classes} channels")
+        cuts = self.mask_threshold if isinstance(self.mask_threshold, tuple) else (self.mask_threshold,)
+        for name, value in [("prior", self.prior), *(("mask_threshold", t) for t in cuts)]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
 
@@ -83,11 +88,20 @@ class CRNetOutput(NamedTuple):
     final: Tensor  # (B, num_classes, H, W) refined logits; `final is coarse` without refinement
 
 
-def mask_threshold(model: nn.Module) -> float:
-    """The probability above which a pixel is called a class: the model's ``config.mask_threshold`` (a CR-Net or a
-    fold ensemble, whose checkpoint keeps it), 0.5 for a model without one (e.g. a segmentation_models_pytorch net)."""
+def mask_threshold(model: nn.Module) -> float | tuple[float, ...]:
+    """The probability above which a pixel is called a class, one or one per channel: the model's
+    ``config.mask_threshold`` (a CR-Net or a fold ensemble, whose checkpoint keeps it), 0.5 for a model without one
+    (e.g. a segmentation_models_pytorch net)."""
     config = getattr(getattr(model, "_orig_mod", model), "config", None)
-    return float(getattr(config, "mask_threshold", 0.5))
+    return getattr(config, "mask_threshold", 0.5)
+
+
+def mask_cut(probs: Tensor, threshold: float | tuple[float, ...]) -> Tensor:
+    """Boolean masks of probabilities ``(N, K, H, W)``: ``probs > threshold``, a tuple cutting channel k at its k-th
+    value."""
+    if isinstance(threshold, (list, tuple)):
+        return probs > torch.tensor(threshold, dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
+    return probs > threshold
 
 
 class CRNet(nn.Module):

@@ -141,7 +141,7 @@ def train_fold(s: Setup, k: int, device: torch.device, progress: bool = False) -
     train = jittered(train, cfg.intensity_augment, cfg.scale_augment, cfg.seed)
     with seeded(cfg.seed, device):
         extra = {**s.recipe.model, **({"variant": s.recipe.variant} if s.recipe.variant else {})}
-        model = CRNet(prof.model_config(**{**extra, "num_classes": len(s.class_names)}))
+        model = CRNet(prof.model_config(s.class_names, **{**extra, "num_classes": len(s.class_names)}))
     history = fit(model, train, val, cfg, s.class_names, device=device, progress=progress)
     no_val = all(np.isnan(history["val_loss"]))  # no inner validation: the last epoch is the model
     history["best_epoch"] = [len(history["epoch"]) if no_val else int(np.nanargmin(history["val_loss"])) + 1]

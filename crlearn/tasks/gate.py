@@ -34,7 +34,7 @@ from crlearn.data.slices import classifier_input
 from crlearn.tasks.classifier import THRESHOLD, predict_proba
 from crlearn.data.folder import normalize_intensity, read_image
 from crlearn.inference import predict, predict_logits
-from crlearn.nn.model import mask_threshold
+from crlearn.nn.model import mask_cut, mask_threshold
 
 __all__ = ["FilePrediction", "GatedPrediction", "area_rows", "covid_probability", "gated_predict", "predict_files"]
 
@@ -113,7 +113,7 @@ def gated_predict(segmenter: nn.Module, classifier: nn.Module, images: Tensor, s
     probs = torch.zeros(n, segmenter.config.num_classes, h, w)  # (N, K, H, W): negatives stay "not segmented"
     if positive.any():
         probs[positive] = torch.sigmoid(predict_logits(segmenter, images[positive], size, device, batch_size, tta))
-    return GatedPrediction(p_covid, positive, probs, probs > mask_threshold(segmenter))
+    return GatedPrediction(p_covid, positive, probs, mask_cut(probs, mask_threshold(segmenter)))
 
 
 # ----------------------------------------------------------------------------- files: crlearn predict

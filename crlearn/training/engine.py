@@ -31,7 +31,7 @@ from crlearn.training import perf
 from crlearn.training.checkpoint import atomic_write_json, cpu_state, load_checkpoint, save_checkpoint
 from crlearn.losses import deep_supervision_loss
 from crlearn.metrics import confusion_counts, ratios_from_counts
-from crlearn.nn.model import mask_threshold
+from crlearn.nn.model import mask_cut, mask_threshold
 from crlearn.training.config import TrainConfig
 from crlearn.training.device import autocast, autocast_dtype, pick_device, to_device
 
@@ -220,15 +220,14 @@ def validate(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: str
     model.eval()
     dtype = autocast_dtype(device, cfg.amp)
     total, n, counts = 0.0, 0, torch.zeros(3, dtype=torch.int64)
-    t = mask_threshold(model)
-    logit_t = math.log(t / (1 - t))  # sigmoid(z) > t  <=>  z > logit(t)
+    cut = mask_threshold(model)
     for x, y in loader:
         x, y = to_device(x, device), to_device(y, device)
         with autocast(device, dtype):
             out = model(x)
         total += float(deep_supervision_loss(out, y, hybrid=cfg.hybrid)) * len(x)
         n += len(x)
-        c = confusion_counts(out.final.float() > logit_t, y > 0.5)
+        c = confusion_counts(mask_cut(torch.sigmoid(out.final.float()), cut), y > 0.5)
         counts += torch.stack([c["tp"].sum(), c["fp"].sum(), c["fn"].sum()]).cpu()
     if reduce is not None:
         total, n = reduce(torch.tensor([total, n], dtype=torch.float64)).tolist()

@@ -184,7 +184,7 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
     parts = load_parts(data_folders(data), prof.merge, classes, merge, cfg.normalize, seed, split)
     names = parts[0].full.class_names
     with seeded(cfg.seed, device):  # the initial weights; the caller's generators are left as they were
-        model = CRNet(prof.model_config(num_classes=len(names), **({"variant": variant} if variant else {})))
+        model = CRNet(prof.model_config(names, num_classes=len(names), **({"variant": variant} if variant else {})))
     if log:
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
             f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
