@@ -73,10 +73,11 @@ def predict_logits(model: nn.Module, images: Tensor, size: int, device: str | to
 
 
 def predict(model: nn.Module, images: Tensor, size: int, device: str | torch.device | None = None,
-            tta: bool = True, threshold: float | Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
-    """Probabilities and boolean labels at the images' own size (``tta``: see predict_logits): a pixel is a class
-    where its probability exceeds ``threshold`` (default: the model's, :func:`mask_threshold`)."""
-    probs = torch.sigmoid(predict_logits(model, images, size, device, tta=tta))
+            tta: bool = True, threshold: float | Sequence[float] | None = None,
+            batch_size: int = 8) -> tuple[Tensor, Tensor]:
+    """Probabilities and boolean labels at the images' own size (``tta``, ``batch_size``: see predict_logits): a
+    pixel is a class where its probability exceeds ``threshold`` (default: the model's, :func:`mask_threshold`)."""
+    probs = torch.sigmoid(predict_logits(model, images, size, device, batch_size, tta))
     return probs, mask_cut(probs, mask_threshold(model) if threshold is None else threshold)
 
 

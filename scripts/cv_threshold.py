@@ -28,9 +28,10 @@ import torch
 
 from crlearn.data.folder import MERGED_CLASS
 from crlearn.inference import predict
+from crlearn.metrics import confusion_counts
 from crlearn.report import hardware, markdown_table
 from crlearn.stats import bootstrap_mean, bootstrap_pooled, dice_from_counts, format_interval
-from crlearn.tasks.burden import LUNG_CLASS, percent, true_masks
+from crlearn.tasks.burden import LUNG_CLASS, percent, slice_areas, true_masks
 from crlearn.tasks.cv import Recipe, run_fold, setup
 from crlearn.training.checkpoint import atomic_write_bytes, atomic_write_json
 
@@ -39,29 +40,36 @@ GRID = [round(float(t), 2) for t in np.arange(0.05, 0.71, 0.05)]
 
 def fold_counts(model: Any, ds: Any, size: int) -> dict[str, Any]:
     """Per patient and threshold: ``counts[t][class] = [TP, FP, FN]`` and ``areas[t] = [pred lesion ∩ lung, pred
-    lung, true lesion ∩ lung, true lung]`` (every channel cut at t; ``areas_lung05``: the lung channel at 0.5)."""
+    lung, true lesion ∩ lung, true lung]`` (every channel cut at t; ``areas_lung05``: the lung channel at 0.5), from
+    one prediction per slice (:func:`crlearn.metrics.confusion_counts`, :func:`crlearn.tasks.burden.slice_areas`)."""
     names = list(ds.class_names)
     burden = LUNG_CLASS in names and MERGED_CLASS in names and true_masks(ds)[1] is not None
+    k_inf, k_lung = (names.index(MERGED_CLASS), names.index(LUNG_CLASS)) if burden else (None, None)
     out: dict[str, Any] = {}
     for i in range(0, len(ds.records), 8):
-        target = (ds.one_hot(ds.labels[i : i + 8]) > 0.5).numpy()
-        probs = predict(model, ds.images[i : i + 8], size, tta=True)[0].numpy()
-        for j, g in enumerate(ds.groups[i : i + 8]):
-            p = out.setdefault(g, {"counts": {str(t): {n: [0, 0, 0] for n in names} for t in GRID},
-                                   "areas": {str(t): [0, 0, 0, 0] for t in GRID},
-                                   "areas_lung05": {str(t): [0, 0, 0, 0] for t in GRID}})
-            for t in GRID:
-                for c, n in enumerate(names):
-                    pr, tr = probs[j, c] > t, target[j, c]
-                    tp, fp, fn = int((pr & tr).sum()), int((pr & ~tr).sum()), int((~pr & tr).sum())
-                    p["counts"][str(t)][n] = [a + b for a, b in zip(p["counts"][str(t)][n], (tp, fp, fn))]
-                if burden:  # "areas": both channels cut at t (one threshold); "areas_lung05": the lung at 0.5
-                    lung_t, inf_t = target[j, names.index(LUNG_CLASS)], target[j, names.index(MERGED_CLASS)]
-                    inf_p = probs[j, names.index(MERGED_CLASS)] > t
-                    for key, cut in (("areas", t), ("areas_lung05", 0.5)):
-                        lung_p = probs[j, names.index(LUNG_CLASS)] > cut
-                        a = [(inf_p & lung_p).sum(), lung_p.sum(), (inf_t & lung_t).sum(), lung_t.sum()]
-                        p[key][str(t)] = [x + int(y) for x, y in zip(p[key][str(t)], a)]
+        groups = ds.groups[i : i + 8]
+        target = ds.one_hot(ds.labels[i : i + 8]) > 0.5
+        probs = predict(model, ds.images[i : i + 8], size, tta=True)[0]
+        true = slice_areas(target[:, k_inf].numpy(), target[:, k_lung].numpy()) if burden else None
+        for g in groups:
+            out.setdefault(g, {"counts": {str(t): {n: [0, 0, 0] for n in names} for t in GRID},
+                               "areas": {str(t): [0, 0, 0, 0] for t in GRID},
+                               "areas_lung05": {str(t): [0, 0, 0, 0] for t in GRID}})
+        for t in GRID:
+            c = confusion_counts(probs > t, target)
+            per_slice = torch.stack([c["tp"], c["fp"], c["fn"]], -1).tolist()  # (B, K, 3)
+            areas = {}
+            if burden:  # "areas": both channels cut at t (one threshold); "areas_lung05": the lung at 0.5
+                inf_p = (probs[:, k_inf] > t).numpy()
+                areas = {key: slice_areas(inf_p, (probs[:, k_lung] > cut).numpy()) for key, cut in
+                         (("areas", t), ("areas_lung05", 0.5))}
+            for j, g in enumerate(groups):
+                for n, counts in zip(names, per_slice[j]):
+                    p = out[g]["counts"][str(t)]
+                    p[n] = [a + b for a, b in zip(p[n], counts)]
+                for key, (lesion, lung) in areas.items():
+                    add = (lesion[j], lung[j], true[0][j], true[1][j])
+                    out[g][key][str(t)] = [x + int(y) for x, y in zip(out[g][key][str(t)], add)]
     return out
 
 

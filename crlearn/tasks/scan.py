@@ -41,9 +41,8 @@ from crlearn.data.folder import normalize_intensity
 from crlearn.data.slices import classifier_input
 from crlearn.data.volumes import Volume
 from crlearn.data.windowing import window
-from crlearn.inference import predict_logits
+from crlearn.inference import predict
 from crlearn.metrics import patient_level
-from crlearn.nn.model import mask_cut, mask_threshold
 from crlearn.report import DISCLAIMER
 from crlearn.tasks.burden import burden_channels, percent
 from crlearn.tasks.classifier import THRESHOLD
@@ -111,8 +110,7 @@ def _predict_chunk(model: nn.Module, images: torch.Tensor, size: int, normalize:
     """``(masks (B, K, H, W), segmented (B,), p_covid (B,) or None)`` of windowed slices ``(B, 1, H, W)``."""
     seg_in = normalize_intensity(images, normalize)
     if gate is None:
-        probs = torch.sigmoid(predict_logits(model, seg_in, size, device, batch_size, tta))
-        masks = mask_cut(probs, mask_threshold(model))  # as predict()
+        masks = predict(model, seg_in, size, device, tta, batch_size=batch_size)[1]
         return masks, torch.ones(len(images), dtype=torch.bool), None
     classifier, ckpt, threshold = gate
     out = gated_predict(model, classifier, seg_in, size, device, tta, threshold, batch_size=batch_size,
