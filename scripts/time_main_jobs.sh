@@ -3,6 +3,8 @@
 # repository root, in the current environment: the README's main command, the lung two-class run, and the
 # classifier's two stages. Writes OUT/timing.json and each run's folder under OUT/.
 #   bash scripts/time_main_jobs.sh OUT
+# A CPU without AVX-512 (float32 step, AVX2 kernels) on this machine's cores:
+#   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 bash scripts/time_main_jobs.sh OUT
 set -euo pipefail
 out=${1:?usage: time_main_jobs.sh OUT}
 mkdir -p "$out"

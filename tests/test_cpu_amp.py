@@ -25,9 +25,16 @@ def bf16_cpu(monkeypatch):
     monkeypatch.setattr(device_mod, "cpu_computes_bf16", lambda: True)
 
 
-def test_cpu_computes_bf16_reads_the_cpus_capabilities():
+def test_cpu_computes_bf16_reads_the_cpus_capabilities(monkeypatch):
     flags = torch.cpu.get_capabilities()
-    assert device_mod.cpu_computes_bf16() == bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    native = bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    assert device_mod.cpu_computes_bf16() == (native and "AVX512" in torch.backends.cpu.get_cpu_capability())
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**flags, "avx512_bf16": True})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    uncached = device_mod.cpu_computes_bf16.__wrapped__  # the process's answer is cached
+    assert uncached()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert not uncached()
 
 
 @pytest.mark.parametrize("native", [True, False])

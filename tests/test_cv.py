@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import LUNG_SET, ROOT, SAMPLE, TINY, copy_first_slices
-from crlearn.data.augment import intensity_jitter, jittered, scale_jitter
+from crlearn.data.augment import intensity_jitter, jittered, random_crop, scale_jitter
 from crlearn.data.folder import SegmentationDataset, scan_folder
 from crlearn.inference import predict, predict_logits
 from crlearn.metrics import SegmentationMeter
@@ -179,6 +179,28 @@ def test_intensity_jitter_is_seeded_stays_in_range_and_leaves_the_mask():
         TrainConfig(intensity_augment=True, fast="graph")
 
 
+def test_random_crop_cuts_the_same_seeded_window_from_image_and_mask():
+    image = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 64, 64)
+    mask = torch.cat([image, -image])  # each pixel's value names where it came from
+    a_img, a_mask = random_crop(image, mask, 32, torch.Generator().manual_seed(5))
+    b_img, _ = random_crop(image, mask, 32, torch.Generator().manual_seed(5))
+    assert a_img.shape == (1, 32, 32) and a_mask.shape == (2, 32, 32) and torch.equal(a_img, b_img)
+    top, left = divmod(int(a_img[0, 0, 0]), 64)
+    assert torch.equal(a_img, image[:, top:top + 32, left:left + 32])  # one contiguous window of the slice
+    assert torch.equal(a_mask[0], a_img[0]) and torch.equal(a_mask[1], -a_img[0])  # the mask's window is the image's
+    corners = {random_crop(image, mask, 32, torch.Generator().manual_seed(s))[0][0, 0, 0].item() for s in range(20)}
+    assert len(corners) > 10  # the window moves
+    ds = jittered([(image, mask)] * 2, False, False, crop=32)
+    assert ds[0][0].shape == (1, 32, 32) and ds[1][1].shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="crop side"):
+        random_crop(image, mask, 96, torch.Generator())
+    for bad in (48, 160):  # not a multiple of 32; larger than the slices
+        with pytest.raises(ValueError, match="crop must be 0 or a multiple of 32"):
+            TrainConfig(size=128, crop=bad)
+    with pytest.raises(ValueError, match="fast='off'"):
+        TrainConfig(size=128, crop=96, fast="eager")
+
+
 # ----------------------------------------------------------------------------- the CLI and the grid script
 
 
@@ -195,10 +217,10 @@ def test_crlearn_cv_hands_a_recipe_to_cross_validate(small_data, tmp_path, monke
     monkeypatch.setattr(cv, "cross_validate", fake)
     with pytest.raises(SystemExit):
         main(["cv", "--data", str(small_data), "--profile", "quick", "--folds", "3", "--size", "64",
-              "--intensity-augment", "--no-val", "--out", str(tmp_path / "cv")])
+              "--crop", "32", "--intensity-augment", "--no-val", "--out", str(tmp_path / "cv")])
     r = seen["recipe"]
     assert seen["n_folds"] == 3 and r.data == [str(small_data)] and r.profile == "quick"
-    assert r.overrides == {"size": 64, "intensity_augment": True} and r.val_fraction == 0.0
+    assert r.overrides == {"size": 64, "crop": 32, "intensity_augment": True} and r.val_fraction == 0.0
 
 
 def _grid_script():

@@ -77,6 +77,31 @@ def test_keep_freed_memory_on_glibc_and_a_no_op_elsewhere(monkeypatch):
     assert perf.keep_freed_memory() is False
 
 
+def test_fit_threads_to_cpus_caps_torch_at_the_cpu_quota_unless_the_user_chose(monkeypatch):
+    import joblib
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # record; the process keeps its threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)  # a 16-core host ...
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 2)  # ... and a 2-CPU quota
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert perf.fit_threads_to_cpus() == 2 and calls == [2]
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")  # the user's choice wins
+    assert perf.fit_threads_to_cpus() is None and calls == [2]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 32)  # no quota below the thread count: nothing changes
+    assert perf.fit_threads_to_cpus() is None and calls == [2]
+
+
+def test_the_crlearn_command_fits_its_threads_to_the_cpus_and_says_so(monkeypatch, capsys, tmp_path):
+    from crlearn.cli.main import main
+
+    monkeypatch.setattr(perf, "fit_threads_to_cpus", lambda: 2)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")]) == 2  # any command: a quick failure
+    err = capsys.readouterr().err
+    assert "crlearn: 2 CPU threads" in err and "missing.pt" in err
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 32, 32), (1, 3, 24, 40), (1, 2, 7, 9)])
 def test_banded_blur_equals_the_depthwise_convolutions_values_and_gradients(shape):
     from crlearn.losses import _gaussian_1d, _gaussian_filter_conv

@@ -3,7 +3,7 @@
 It parses, calls :func:`crlearn.tasks.cv.cross_validate` and prints the table; :mod:`crlearn.cli.main` wires it in.
 
     crlearn cv [--data DIR ...] [--profile quick|full] [--classes NAME ... | --merge] [--folds K] [--normalize KIND]
-               [--intensity-augment] [--scale-augment] [--no-amp] [--no-val] [--epochs N] [--size N] [--save-models]
+               [--intensity-augment] [--scale-augment] [--no-amp] [--no-val] [--epochs N] [--size N] [--crop N] [--save-models]
                [--out DIR] [--force] [--seed N] [--device DEV] [--no-tta] [--quiet]
 """
 
@@ -38,7 +38,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     from crlearn.tasks.cv import VAL_FRACTION, Recipe
     from crlearn.training.config import resolve_profile
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes")
+    overrides = {k: getattr(args, k) for k in ("epochs", "size", "crop", "batch_size", "lr", "max_minutes")
                  if getattr(args, k, None) is not None}
     overrides |= switch_overrides(args)
     if getattr(args, "normalize", None) is not None:
@@ -79,7 +79,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``cv`` command."""
-    from crlearn.cli.choices import NO_AMP_HELP, NORMALIZATIONS
+    from crlearn.cli.choices import CROP_HELP, NO_AMP_HELP, NORMALIZATIONS
     from crlearn.data.paths import default_data_dir
 
     c = sub.add_parser("cv", help="patient-level K-fold cross-validation of one training recipe",
@@ -100,6 +100,7 @@ def add_parser(sub: Any) -> None:
                         "keeps the last (as crlearn train --split all)")
     c.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     c.add_argument("--size", type=int, default=None, help="override the profile's input size (multiple of 32)")
+    c.add_argument("--crop", type=int, default=None, help=CROP_HELP)
     c.add_argument("--seed", type=int, default=0, help="seeds the folds, the weights and the batch order")
     c.add_argument("--save-models", action="store_true", help="also write fold<k>.pt and their ensemble.pt")
     c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

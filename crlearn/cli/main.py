@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crlearn.cli.cv import cv_before_training, write_cv
 
     profile = resolve_profile(args.profile)
-    overrides = {k: getattr(args, k) for k in ("epochs", "size", "batch_size", "lr", "max_minutes", "fast")
+    overrides = {k: getattr(args, k) for k in ("epochs", "size", "crop", "batch_size", "lr", "max_minutes", "fast")
                  if getattr(args, k) is not None}
     overrides |= cv.switch_overrides(args)  # --bce-only, --no-amp
     data = args.data[0] if len(args.data) == 1 else args.data  # one folder: a path, as before
@@ -313,6 +313,7 @@ def _train_parser(sub: Any) -> None:
     t.add_argument("--no-amp", dest="amp", action="store_false", help=choices.NO_AMP_HELP)
     t.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     t.add_argument("--size", type=int, default=None, help="override the profile's input size (multiple of 32)")
+    t.add_argument("--crop", type=int, default=None, help=choices.CROP_HELP)
     t.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")
     t.add_argument("--lr", type=float, default=None, help="override the profile's (peak) learning rate")
     t.add_argument("--fast", choices=["off", "eager", "graph", "compile"], default=None,
@@ -456,9 +457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
     from crlearn.training.checkpoint import OutputExistsError
     from crlearn.training.distributed import error_line, rank_label
-    from crlearn.training.perf import keep_freed_memory
+    from crlearn.training.perf import fit_threads_to_cpus, keep_freed_memory
 
     keep_freed_memory()  # faster CPU steps, process-wide: only the command does this (crlearn.training.perf)
+    threads = fit_threads_to_cpus()  # no more threads than the container's CPU quota (crlearn.training.perf)
+    if threads is not None:
+        print(f"crlearn: {threads} CPU threads (the CPUs this process may use; set OMP_NUM_THREADS to choose)",
+              file=sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -77,8 +77,24 @@ def scale_jitter(image: torch.Tensor, mask: torch.Tensor, generator: torch.Gener
     return out, TF.affine(tv_tensors.Mask(mask), **args).as_subclass(torch.Tensor)
 
 
+def random_crop(image: torch.Tensor, mask: torch.Tensor, side: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``side`` x ``side`` window (``torchvision.transforms.v2.functional.crop``) of an image
+    ``[1,H,W]`` and its mask ``[C,H,W]``: patch training, as nnU-Net does. The network is fully convolutional, so it
+    trains on windows and predicts whole slices; a window of 96 of 128 px costs about 0.6 of a whole slice's step."""
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = image.shape[-2:]
+    if not 0 < side <= min(h, w):
+        raise ValueError(f"crop side must lie in (0, {min(h, w)}], got {side}")
+    top = int(torch.randint(h - side + 1, (), generator=generator))
+    left = int(torch.randint(w - side + 1, (), generator=generator))
+    return TF.crop(image, top, left, side, side), TF.crop(mask, top, left, side, side)
+
+
 class Jittered(torch.utils.data.Dataset):
-    """A training set whose samples get :func:`scale_jitter` and/or :func:`intensity_jitter` as they are read.
+    """A training set whose samples get :func:`scale_jitter`, :func:`random_crop` and/or :func:`intensity_jitter`
+    as they are read.
 
     Wraps any dataset of ``(image [1,S,S], mask [C,S,S])`` (e.g. a :class:`crlearn.data.folder.SegmentationDataset`
     with the x5 views); the draws come from the wrapper's own generator (``seed``), so a run with the same batch
@@ -86,8 +102,8 @@ class Jittered(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, intensity: bool = True, scale: bool = False,
-                 seed: int = 0):
-        self.dataset, self.intensity, self.scale = dataset, intensity, scale
+                 seed: int = 0, crop: int = 0):
+        self.dataset, self.intensity, self.scale, self.crop = dataset, intensity, scale, crop
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -97,12 +113,14 @@ class Jittered(torch.utils.data.Dataset):
         image, mask = self.dataset[i]
         if self.scale:
             image, mask = scale_jitter(image, mask, self.generator)
+        if self.crop:
+            image, mask = random_crop(image, mask, self.crop, self.generator)
         if self.intensity:
             image = intensity_jitter(image, self.generator)
         return image, mask
 
 
 def jittered(dataset: torch.utils.data.Dataset, intensity: bool, scale: bool,
-             seed: int = 0) -> torch.utils.data.Dataset:
-    """``dataset`` itself when neither jitter is asked for, else :class:`Jittered` around it."""
-    return Jittered(dataset, intensity, scale, seed) if intensity or scale else dataset
+             seed: int = 0, crop: int = 0) -> torch.utils.data.Dataset:
+    """``dataset`` itself when no jitter and no crop (``crop=0``) is asked for, else :class:`Jittered` around it."""
+    return Jittered(dataset, intensity, scale, seed, crop) if intensity or scale or crop else dataset

@@ -138,7 +138,7 @@ def train_fold(s: Setup, k: int, device: torch.device, progress: bool = False) -
     cfg, prof = s.cfg, PROFILES[s.profile]
     train = joined([p.full.subset(f[k]["train"], size=cfg.size, augment=cfg.augment) for p, f in zip(s.parts, s.folds)])
     val = joined([p.full.subset(f[k]["val"], size=cfg.size) for p, f in zip(s.parts, s.folds)])
-    train = jittered(train, cfg.intensity_augment, cfg.scale_augment, cfg.seed)
+    train = jittered(train, cfg.intensity_augment, cfg.scale_augment, cfg.seed, cfg.crop)
     with seeded(cfg.seed, device):
         extra = {**s.recipe.model, **({"variant": s.recipe.variant} if s.recipe.variant else {})}
         model = CRNet(prof.model_config(s.class_names, **{**extra, "num_classes": len(s.class_names)}))

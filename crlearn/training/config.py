@@ -49,6 +49,7 @@ class TrainConfig:
     # "compile"; the last two only on CUDA (elsewhere they run as "eager"). Same batches and steps, only faster.
     intensity_augment: bool = False  # random brightness, contrast, gamma, noise (crlearn.data.augment; this project's)
     scale_augment: bool = False  # random zoom and shift of image and mask (crlearn.data.augment; this project's)
+    crop: int = 0  # train on random crop x crop windows of the size-px slices (0: whole slices; this project's)
 
     def __post_init__(self) -> None:
         if self.size < 32 or self.size % 32:
@@ -62,8 +63,10 @@ class TrainConfig:
             raise ValueError(f"ema must be a decay in (0, 1) or None, got {self.ema}")
         if self.fast not in FAST_MODES:
             raise ValueError(f"fast must be one of {list(FAST_MODES)}, got {self.fast!r}")
-        if (self.intensity_augment or self.scale_augment) and self.fast != "off":
-            raise ValueError("intensity_augment and scale_augment draw new jitter every epoch: they need fast='off' "
+        if self.crop and (self.crop % 32 or not 32 <= self.crop <= self.size):
+            raise ValueError(f"crop must be 0 or a multiple of 32 no larger than size {self.size}, got {self.crop}")
+        if (self.intensity_augment or self.scale_augment or self.crop) and self.fast != "off":
+            raise ValueError("intensity_augment, scale_augment and crop draw anew every epoch: they need fast='off' "
                              "(the fast route reads every sample once)")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}")

@@ -38,11 +38,14 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), where oneDNN's bf16 kernels are fast.
 
-    Without these instructions bf16 on a CPU is emulated and slower than float32, so autocast stays off there.
+    Without these instructions bf16 on a CPU is emulated and slower than float32, so autocast stays off there. So it
+    does where PyTorch is held below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, as when timing a CPU without AVX-512).
     """
     try:
         flags = torch.cpu.get_capabilities()
     except (AttributeError, RuntimeError):  # an older torch, or a build without cpuinfo
+        return False
+    if "AVX512" not in torch.backends.cpu.get_cpu_capability():
         return False
     return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
 

@@ -3,8 +3,8 @@
 Neither changes what is computed (only how fast, and the last bits of rounding); the model classes do not know
 about them. :func:`narrow_batchnorm` is a context manager that :func:`crlearn.training.engine.fit` and
 :func:`crlearn.inference.predict_logits` enter around their work and that restores the caller's modules on exit;
-:func:`keep_freed_memory` changes the whole process, so only the ``crlearn`` command calls it (a library call never
-does). Measured effect: ``results/README.md``, "Speed". Remove a workaround when the PyTorch behaviour it names is
+:func:`keep_freed_memory` and :func:`fit_threads_to_cpus` change the whole process, so only the ``crlearn`` command
+calls them (a library call never does). Measured effect: ``results/README.md``, "Speed". Remove a workaround when the PyTorch behaviour it names is
 fixed: delete its function here and its call sites; nothing else changes.
 
 1. **Narrow channels_last BatchNorm on CPU.** PyTorch's CPU batch-norm kernel for channels_last tensors is slow
@@ -29,12 +29,22 @@ fixed: delete its function here and its call sites; nothing else changes.
    restored after the run); the loss never imports it. How to retire it: time :func:`crlearn.losses.ssim` forward +
    backward on that shape with the convolutions; when they are no slower, delete both functions and their call in
    ``crlearn.training.engine.fit``.
+4. **Threads beyond the CPUs a container may use.** PyTorch sizes its CPU thread pool from the machine's cores and
+   the affinity mask, not from a cgroup CPU quota (``docker run --cpus 2``, a Kubernetes CPU limit, many CI runners):
+   in a 2-CPU container on a 16-core host it starts 16 threads that spin against each other for 2 CPUs' time. On
+   the 2-core development VM a quick float32 training step took 150 ms with 2 threads and 627 / 1572 ms with 4 / 8
+   (x4.2 / x10.5), and two epochs under a 1-CPU quota took x1.6 longer with torch's 2 threads than with 1
+   (``results/cpu_threads/README.md``). :func:`fit_threads_to_cpus` lowers torch's thread count to
+   ``joblib.cpu_count()`` (quota and affinity aware) unless the user chose one (``OMP_NUM_THREADS``). How to retire
+   it: when ``torch.get_num_threads()`` in a ``--cpus 2`` container reads 2, delete the function and its call in
+   ``crlearn.cli.main``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 from typing import Iterator
 
@@ -92,6 +102,20 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def fit_threads_to_cpus() -> int | None:
+    """Lower torch's CPU threads to the CPUs this process may use (workaround 4), unless ``OMP_NUM_THREADS`` is set;
+    returns the new count, or ``None`` when nothing changed."""
+    from joblib import cpu_count  # scikit-learn's dependency: reads the cgroup quota and the affinity mask
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    usable = max(1, cpu_count())
+    if torch.get_num_threads() <= usable:
+        return None
+    torch.set_num_threads(usable)
+    return usable
 
 
 def _banded(n: int, g: Tensor) -> Tensor:

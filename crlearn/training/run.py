@@ -189,7 +189,7 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
             f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
     train_set = jittered(joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts]),
-                         cfg.intensity_augment, cfg.scale_augment, cfg.seed)
+                         cfg.intensity_augment, cfg.scale_augment, cfg.seed, cfg.crop)
     val_set = joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts]) if split == "holdout" else None
     history = fit(model, train_set, val_set, cfg, names, run_dir=out, resume=resume, device=device, progress=progress)
     metrics = run_metrics(model, parts, history, cfg, name, device, tta, split)
