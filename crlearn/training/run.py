@@ -187,7 +187,8 @@ def run(data: str | Path | Sequence[str | Path] | None = None, profile: str | No
         model = CRNet(prof.model_config(names, num_classes=len(names), **({"variant": variant} if variant else {})))
     if log:
         log(f"profile {name} on {device} ({hardware()}); {model.num_parameters():,} parameters; classes {names}; "
-            f"{_describe(parts)}; {cfg.size}px, up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
+            f"{_describe(parts)}; {cfg.size}px{f' (trained on random {cfg.crop} px windows)' if cfg.crop else ''}, "
+            f"up to {cfg.epochs} epochs" + (f" -> {out}" if out else ""))
     train_set = jittered(joined([p.full.subset(p.split["train"], size=cfg.size, augment=cfg.augment) for p in parts]),
                          cfg.intensity_augment, cfg.scale_augment, cfg.seed, cfg.crop)
     val_set = joined([p.full.subset(p.split["val"], size=cfg.size) for p in parts]) if split == "holdout" else None
