@@ -81,7 +81,7 @@ def random_crop(image: torch.Tensor, mask: torch.Tensor, side: int, generator: t
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random ``side`` x ``side`` window (``torchvision.transforms.v2.functional.crop``) of an image
     ``[1,H,W]`` and its mask ``[C,H,W]``: patch training, as nnU-Net does. The network is fully convolutional, so it
-    trains on windows and predicts whole slices; a window of 96 of 128 px costs about 0.6 of a whole slice's step."""
+    trains on windows and predicts whole slices (``TrainConfig.crop``; its cost and accuracy: ``results/cv_speed/``)."""
     from torchvision.transforms.v2 import functional as TF
 
     h, w = image.shape[-2:]
