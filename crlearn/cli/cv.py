@@ -26,6 +26,9 @@ each fold, only its inner validation part (never the test part) picks the epoch.
 --save-models fold<k>.pt and ensemble.pt) into --out."""
 
 
+VALUE_OVERRIDES = ("epochs", "size", "crop", "batch_size", "lr", "max_minutes")  # TrainConfig fields both commands take
+
+
 def switch_overrides(args: argparse.Namespace) -> dict[str, bool]:
     """The :class:`~crlearn.training.config.TrainConfig` fields that ``--bce-only`` and ``--no-amp`` turn off (the
     flags ``crlearn train`` and ``crlearn cv`` share)."""
@@ -38,8 +41,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     from crlearn.tasks.cv import VAL_FRACTION, Recipe
     from crlearn.training.config import resolve_profile
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "size", "crop", "batch_size", "lr", "max_minutes")
-                 if getattr(args, k, None) is not None}
+    overrides = {k: getattr(args, k) for k in VALUE_OVERRIDES if getattr(args, k, None) is not None}
     overrides |= switch_overrides(args)
     if getattr(args, "normalize", None) is not None:
         overrides["normalize"] = args.normalize

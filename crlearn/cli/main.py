@@ -65,8 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crlearn.cli.cv import cv_before_training, write_cv
 
     profile = resolve_profile(args.profile)
-    overrides = {k: getattr(args, k) for k in ("epochs", "size", "crop", "batch_size", "lr", "max_minutes", "fast")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*cv.VALUE_OVERRIDES, "fast") if getattr(args, k) is not None}
     overrides |= cv.switch_overrides(args)  # --bce-only, --no-amp
     data = args.data[0] if len(args.data) == 1 else args.data  # one folder: a path, as before
     folds = cv_before_training(args) if args.folds > 1 else None  # crlearn.cli.cv: the CV table, printed
