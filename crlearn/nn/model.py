@@ -64,8 +64,12 @@ class CRNetConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> "CRNetConfig":
-        """A tiny CR-Net (~1.7 M parameters) that trains in minutes on a CPU at 128 px."""
-        return cls(**{"width": 0.25, "aspp_channels": 16, "refine_channels": 8, **overrides})
+        """A tiny CR-Net (~1.7 M parameters) that trains in minutes on a CPU at 128 px.
+
+        Its refinement module has 4 filters per conv (the paper's 64): chosen by patient-level cross-validation
+        against 8, the same accuracy for a training step about an eighth cheaper (results/cv_refine_width/).
+        """
+        return cls(**{"width": 0.25, "aspp_channels": 16, "refine_channels": 4, **overrides})
 
     @classmethod
     def full(cls, **overrides: Any) -> "CRNetConfig":

@@ -8,7 +8,7 @@ calls them (a library call never does). Measured effect: ``results/README.md``, 
 fixed: delete its function here and its call sites; nothing else changes.
 
 1. **Narrow channels_last BatchNorm on CPU.** PyTorch's CPU batch-norm kernel for channels_last tensors is slow
-   when a tensor has fewer channels than one SIMD vector holds (the quick profile's refinement module has 8): its
+   when a tensor has fewer channels than one SIMD vector holds (the quick profile's refinement module has 4): its
    backward is slower than the NCHW kernel's, even counting the two layout copies. :class:`NarrowBatchNorm2d`
    sends such inputs through the NCHW kernel. How to retire it: time ``nn.BatchNorm2d`` forward + backward on an
    ``(8, 8, 128, 128)`` channels_last CPU tensor against the same tensor made contiguous; when channels_last is no
