@@ -66,8 +66,8 @@ class CRNetConfig:
     def quick(cls, **overrides: Any) -> "CRNetConfig":
         """A tiny CR-Net (~1.7 M parameters) that trains in minutes on a CPU at 128 px.
 
-        Its refinement module has 4 filters per conv (the paper's 64): chosen by patient-level cross-validation
-        against 8, the same accuracy for a training step about an eighth cheaper (results/cv_refine_width/).
+        Its refinement module has 4 filters per conv (the paper's 64): chosen against 8 by patient-level
+        cross-validation, the same accuracy for a cheaper training step (results/cv_refine_width/).
         """
         return cls(**{"width": 0.25, "aspp_channels": 16, "refine_channels": 4, **overrides})
 

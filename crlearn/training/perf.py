@@ -11,7 +11,7 @@ fixed: delete its function here and its call sites; nothing else changes.
    when a tensor has fewer channels than one SIMD vector holds (the quick profile's refinement module has 4): its
    backward is slower than the NCHW kernel's, even counting the two layout copies. :class:`NarrowBatchNorm2d`
    sends such inputs through the NCHW kernel. How to retire it: time ``nn.BatchNorm2d`` forward + backward on an
-   ``(8, 8, 128, 128)`` channels_last CPU tensor against the same tensor made contiguous; when channels_last is no
+   ``(8, 4, 128, 128)`` channels_last CPU tensor against the same tensor made contiguous; when channels_last is no
    slower, delete the class and :func:`narrow_batchnorm`.
 2. **glibc returning freed memory to the OS.** A training step frees and reallocates the same large activation
    buffers every step; by default glibc unmaps big blocks on free and trims the heap, so each step page-faults them
