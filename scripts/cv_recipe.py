@@ -1,6 +1,6 @@
 """Cross-validate one recipe given as JSON, for the fields ``crlearn cv`` has no flag for (e.g. ``model``: CR-Net
 config overrides of the profile's). The same library call as ``crlearn cv`` (:func:`crlearn.tasks.cv.cross_validate`),
-the same cv.json and cv.md.
+the same cv.json and cv.md (through ``crlearn.cli.cv.run_cv``).
 
     PYTHONPATH=. python scripts/cv_recipe.py --recipe '{"merge": true, "model": {"refine_channels": 4}, "val_fraction": 0}' \
         --folds 5 --seed 0 --out results/cv_refine_width/ms_r4
@@ -24,21 +24,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, required=True, help="new folder for cv.json and cv.md")
     args = ap.parse_args()
-    from crlearn.tasks.cv import Recipe, cross_validate, cv_markdown
-    from crlearn.training.checkpoint import atomic_write_bytes, fresh_path
+    from crlearn.cli.cv import run_cv
+    from crlearn.data.paths import default_data_dir
+    from crlearn.tasks.cv import Recipe
+    from crlearn.training.checkpoint import fresh_path
 
-    fields = json.loads(args.recipe)
-    if "data" not in fields:
-        from crlearn.data.folder import default_data_dir
-
-        fields["data"] = [str(default_data_dir())]
-    recipe = Recipe.from_dict({"name": args.out.name, **fields})
+    fields = {"name": args.out.name, "data": [str(default_data_dir())], **json.loads(args.recipe)}
     out = fresh_path(args.out, explicit=True, force=False, is_dir=True)
-    result = cross_validate(recipe, n_folds=args.folds, seed=args.seed, device=args.device, progress=False, out=out,
-                            log=lambda line: print(f"cv_recipe: {line}", flush=True))
-    md = cv_markdown(result.summary)
-    atomic_write_bytes(out / "cv.md", md.encode())
-    print(md)
+    run_cv(argparse.Namespace(**vars(args), tta=True, quiet=True), out, Recipe.from_dict(fields))
 
 
 if __name__ == "__main__":
